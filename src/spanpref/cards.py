@@ -1,0 +1,128 @@
+"""Dataset cards rendered from the templates in dataset_cards/, with statistics computed from the data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from importlib import resources
+from typing import Any
+
+import jinja2
+import yaml
+
+from spanpref import __version__, schema
+from spanpref.stats import format_reason_table, format_table1, load_annotation_stats
+
+DESCRIPTIONS = {
+    schema.DOCUMENTS: "a source document",
+    schema.QUERIES: "a user query about a document",
+    schema.RESPONSES: "a sampled model response to a query",
+    schema.ANNOTATIONS: "one annotator's span feedback on one response (like/dislike spans with reasons)",
+    schema.COMPARISONS: "one annotator's A/B judgment between two responses",
+    schema.REFERENCES: "a reference answer to a query",
+    schema.CHAINS: "an improvement chain a0 → … → a* that fixes the dislike spans one at a time",
+    schema.PAIRS_AB: "a preference pair from an A/B judgment (ties excluded)",
+    schema.PAIRS_FIRST_EDIT: "a preference pair (a1 over a0)",
+    schema.PAIRS_FULL_REWRITE: "a preference pair (a* over a0)",
+    schema.PAIRS_STEPWISE: "a preference pair (a_{i+1} over a_i) for every step of every chain",
+    schema.PAIRS_STEPWISE_DS: "stepwise pairs downsampled to the number of full-rewrite pairs",
+    schema.PAIRS_HUMAN_REWRITE: "a preference pair (human-corrected response over a0)",
+    schema.SFT_FULL_REWRITE: "an SFT example whose answer is a*",
+    schema.EVAL_OUTPUTS: "a model's output on a held-out prompt",
+    schema.JUDGMENTS: "a pairwise verdict of a judge",
+    schema.RATINGS: "a model's Elo rating with its bootstrap interval",
+}
+
+# Meta keys a user may set in the card's YAML and that survive re-rendering.
+KEPT_META = ("pretty_name", "license", "language", "task_categories", "tags", "size_categories", "description")
+
+
+def _template() -> jinja2.Template:
+    text = (resources.files("spanpref") / "dataset_cards" / "dataset_card.md.j2").read_text(encoding="utf-8")
+    return jinja2.Environment(keep_trailing_newline=True, trim_blocks=False, autoescape=False).from_string(text)
+
+
+def _sources(repo: Any, names: list[str]) -> list[str]:
+    out = []
+    if schema.DOCUMENTS in names:
+        counts = Counter((r["source"] or "(unrecorded)", r["domain"]) for r in repo.read(schema.DOCUMENTS))
+        out += [f"{n} document(s), domain `{dom}`: {src}" for (src, dom), n in sorted(counts.items())]
+    if schema.RESPONSES in names:
+        counts = Counter(r["model"] for r in repo.read(schema.RESPONSES))
+        out += [f"{n} response(s) from `{model}`" for model, n in sorted(counts.items())]
+    return out
+
+
+def _caveats(repo: Any, names: list[str], stats: Any) -> list[str]:
+    out = []
+    if stats is not None and stats.annotations:
+        if stats.total.likes == 0:
+            out.append("The annotations have no like spans: only dislike spans (and response-level reasons).")
+        if stats.total.dislikes == 0:
+            out.append("The annotations have no dislike spans: no improvement chains can be built from them.")
+        if stats.annotators == 1:
+            out.append("All annotations carry one annotator id, so annotator agreement cannot be measured.")
+    if schema.RESPONSES in names:
+        unknown = sum(r["temperature"] is None for r in repo.read(schema.RESPONSES))
+        if unknown:
+            out.append(f"{unknown} response(s) have no recorded generation parameters (imported data).")
+    if schema.COMPARISONS in names:
+        rows = repo.read(schema.COMPARISONS)
+        ties = sum(r["choice"] == schema.CHOICE_TIE for r in rows)
+        if ties:
+            out.append(f"{ties} of {len(rows)} comparisons are ties; A/B pairs exclude them.")
+    return out
+
+
+def render_dataset_card(
+    repo: Any, config_names: list[str], previous_meta: dict | None = None, title: str = "spanpref dataset"
+) -> str:
+    """The README.md of a repo whose data files are in place: YAML `configs:` plus computed statistics."""
+    meta = {k: v for k, v in (previous_meta or {}).items() if k in KEPT_META}
+    meta.setdefault("tags", ["spanpref", "span-feedback", "preference"])
+    meta["configs"] = [
+        {"config_name": name,
+         "data_files": [{"split": s, "path": f"data/{name}/{s}-*.parquet"} for s in repo.splits(name)]}
+        for name in config_names
+    ]  # fmt: skip
+    configs = [
+        {"name": n, "description": DESCRIPTIONS.get(n, ""),
+         "splits": ", ".join(f"{s} ({_count(repo, n, s)})" for s in repo.splits(n))}
+        for n in config_names
+    ]  # fmt: skip
+    stats = load_annotation_stats(repo) if schema.ANNOTATIONS in config_names else None
+    taxonomy_key, reason_table = "", ""
+    if stats is not None:
+        keys = sorted({r["taxonomy"] for r in repo.read(schema.ANNOTATIONS)} - {""})
+        taxonomy_key = ", ".join(keys) or "(not recorded)"
+        taxonomy = None
+        try:
+            from spanpref.taxonomy import load_taxonomy
+
+            default = load_taxonomy()
+            taxonomy = default if keys == [default.key] else None
+        except Exception:  # a card is still worth writing without labels
+            taxonomy = None
+        reason_table = format_reason_table(stats, taxonomy)
+    example = next((n for n in (schema.PAIRS_STEPWISE, schema.ANNOTATIONS) if n in config_names),
+                   config_names[0] if config_names else "")  # fmt: skip
+    return _template().render(
+        front_matter=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
+        title=meta.get("pretty_name", title),
+        description=meta.get("description", "Span-level feedback on model responses and what spanpref built from it."),
+        version=__version__,
+        configs=configs,
+        load_path=meta.get("hub_id", "path/to/this/folder"),
+        example_config=example,
+        stats=stats,
+        table1=format_table1(stats) if stats else "",
+        taxonomy_key=taxonomy_key,
+        reason_table=reason_table,
+        sources=_sources(repo, config_names),
+        caveats=_caveats(repo, config_names, stats),
+    )
+
+
+def _count(repo: Any, config: str, split: str) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(repo.path / "data" / config / f"{split}-00000-of-00001.parquet").metadata.num_rows

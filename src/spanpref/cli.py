@@ -1,0 +1,293 @@
+"""The `spanpref` command. Thin: each subcommand parses one dataclass config and calls one library function.
+
+Every subcommand also takes `--config FILE.yaml`: its keys set the defaults of the command's fields
+(unknown keys are errors) and flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger("spanpref")
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# dataclass -> argparse
+# ---------------------------------------------------------------------------------------------------
+def _arg(help: str, *, positional: bool = False, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A config field with its help text (shown by --help); `positional` makes it a positional argument."""
+    metadata = {"help": help, "positional": positional}
+    if "default_factory" in kw:
+        return field(default_factory=kw["default_factory"], metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _base_type(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # fmt: skip
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, type=tp, help=help_text, **({"nargs": "?", "default": default}
+                                                                      if has_default else {}))  # fmt: skip
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif typing.get_origin(tp) is list:
+            (item,) = typing.get_args(tp)
+            parser.add_argument(flag, type=item, nargs="*", default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=tp, default=default, required=not has_default,
+                                help=help_text + (f" (default: {default})" if default not in (None, "") else ""))  # fmt: skip
+
+
+def build_config(cls: type, ns: argparse.Namespace, config_file: str | None, given: set[str]) -> Any:
+    """The dataclass from YAML defaults overridden by the flags the user actually gave."""
+    values: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    if config_file:
+        data = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        unknown = set(data) - names
+        if unknown:
+            raise CLIError(f"{config_file}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+        values.update(data)
+    for name in names:
+        if name in given or name not in values:
+            values[name] = getattr(ns, name)
+    return cls(**values)
+
+
+def _given_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations the user set on the command line (so YAML values are only overridden by them)."""
+    given = set()
+    for action in parser._actions:
+        if not action.option_strings:
+            given.add(action.dest)
+        elif any(a.split("=")[0] in action.option_strings for a in argv):
+            given.add(action.dest)
+    return given
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    config: type
+    run: Callable[[Any], int | None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class ImportQAFeedbackArgs:
+    path: str = _arg("a qa-feedback .json/.json.gz/.jsonl file, a folder holding one, or `bundled` (the 300 "
+                     "examples shipped with spanpref)", positional=True, default="bundled")  # fmt: skip
+    output: str = _arg("dataset repo folder to write (created if missing)")
+    skip_invalid: bool = _arg("set records that cannot be converted aside in rejects/qa_feedback.jsonl and import "
+                              "the rest (default: stop at the first one)", default=False)  # fmt: skip
+    overwrite: bool = _arg("replace these configs if the folder already has them", default=False)
+    limit: int | None = _arg("import only the first N records", default=None)
+    taxonomy: str = _arg("taxonomy name or YAML file the reasons come from", default="default")
+    mapping: str | None = _arg("YAML file mapping qa-feedback error types to reason ids (default: bundled)",
+                               default=None)  # fmt: skip
+
+
+def run_import_qa_feedback(args: ImportQAFeedbackArgs) -> None:
+    from spanpref.importers.qa_feedback import import_qa_feedback
+
+    report = import_qa_feedback(args.path, args.output, skip_invalid=args.skip_invalid, overwrite=args.overwrite,
+                                limit=args.limit, mapping_path=args.mapping, taxonomy=args.taxonomy)  # fmt: skip
+    print(report.summary())
+
+
+@dataclass(kw_only=True)
+class StatsArgs:
+    folder: str = _arg("dataset repo folder", positional=True)
+    update_card: bool = _arg("also re-render the statistics in the folder's README.md", default=True)
+
+
+def run_stats(args: StatsArgs) -> None:
+    from spanpref import schema
+    from spanpref.repo import open_repo
+    from spanpref.stats import format_reason_table, format_table1, load_annotation_stats
+    from spanpref.taxonomy import load_taxonomy
+
+    repo = open_repo(args.folder)
+    print(f"{repo.path}: " + ", ".join(f"{n} ({repo.count(n)})" for n in repo.config_names()))
+    if not repo.has(schema.ANNOTATIONS):
+        raise CLIError(f"{repo.path} has no annotations config; statistics need one")
+    stats = load_annotation_stats(repo)
+    print(f"\nAnnotation statistics ({stats.annotations} annotations, {stats.annotators} annotator(s)); "
+          "N responses, H+ likes, H- dislikes, ΣA reasons ticked, #w words highlighted\n")  # fmt: skip
+    print(format_table1(stats))
+    print()
+    print(format_reason_table(stats, load_taxonomy()))
+    if args.update_card:
+        repo.refresh_card()
+        print(f"\nupdated {repo.path / 'README.md'}")
+
+
+@dataclass(kw_only=True)
+class ValidateArgs:
+    folder: str = _arg("dataset repo folder or Hub dataset id", positional=True)
+    taxonomy: str = _arg("taxonomy name or YAML file to check reason ids against", default="default")
+
+
+def run_validate(args: ValidateArgs) -> int:
+    from spanpref import schema
+    from spanpref.repo import open_repo
+    from spanpref.taxonomy import load_taxonomy
+
+    repo = open_repo(args.folder)
+    data = {name: repo.read(name) for name in repo.config_names() if name in schema.CONFIGS}
+    problems = schema.check_configs(data, load_taxonomy(args.taxonomy))
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problem(s) in {sum(len(r) for r in data.values())} rows of {len(data)} config(s)")
+    return 1 if problems else 0
+
+
+@dataclass(kw_only=True)
+class PushArgs:
+    folder: str = _arg("dataset repo folder to upload unchanged", positional=True)
+    repo_id: str = _arg("Hub dataset id, e.g. my-org/my-feedback", positional=True)
+    private: bool = _arg("create the Hub repo as private", default=False)
+    revision: str | None = _arg("branch to push to", default=None)
+    token: str | None = _arg("Hub token (default: the one saved by `hf auth login`, or HF_TOKEN)", default=None)
+
+
+def run_push(args: PushArgs) -> None:
+    from spanpref.repo import push_repo
+
+    url = push_repo(args.folder, args.repo_id, private=args.private, token=args.token, revision=args.revision)
+    print(f"pushed {args.folder} to https://huggingface.co/datasets/{args.repo_id} ({url})")
+
+
+@dataclass(kw_only=True)
+class TaxonomyArgs:
+    taxonomy: str = _arg("taxonomy name or YAML file", positional=True, default="default")
+
+
+def run_taxonomy(args: TaxonomyArgs) -> None:
+    from spanpref.taxonomy import load_taxonomy
+
+    tax = load_taxonomy(args.taxonomy)
+    print(tax.key)
+    for polarity in ("like", "dislike"):
+        groups = tax.groups_of(polarity)
+        print(f"\n{polarity}: {sum(len(g.reasons) for g in groups)} reasons in {len(groups)} groups")
+        for g in groups:
+            print(f"  {g.label}")
+            for r in g.reasons:
+                print(f"    {r.id:32s} {r.label}")
+        if tax.other_id(polarity):
+            print(f"  {tax.other_id(polarity):34s} {tax.label(tax.other_id(polarity))}")
+
+
+COMMANDS: dict[str, Command | dict[str, Command]] = {
+    "import": {
+        "qa-feedback": Command("qa-feedback", "import Fine-Grained RLHF qa-feedback data",
+                               ImportQAFeedbackArgs, run_import_qa_feedback),  # fmt: skip
+    },
+    "stats": Command("stats", "annotation statistics (the paper's Table 1) and per-reason counts", StatsArgs, run_stats),
+    "validate": Command("validate", "check every config of a dataset repo against the data contract", ValidateArgs,
+                        run_validate),  # fmt: skip
+    "push": Command("push", "upload a dataset repo folder to the Hugging Face Hub", PushArgs, run_push),
+    "taxonomy": Command("taxonomy", "show a feedback taxonomy", TaxonomyArgs, run_taxonomy),
+}
+
+
+def register(path: tuple[str, ...], command: Command) -> None:
+    """Add a command (other modules call this to plug theirs in, e.g. ("generate", "queries"))."""
+    table: dict = COMMANDS
+    for part in path[:-1]:
+        table = table.setdefault(part, {})
+    table[path[-1]] = command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spanpref", description="Span-level feedback -> improvement chains -> "
+                                     "preference pairs -> tuned models.")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"spanpref {_version()}")
+
+    def add(sub: argparse._SubParsersAction, table: dict, prefix: str) -> None:
+        for name, entry in table.items():
+            if isinstance(entry, dict):
+                p = sub.add_parser(name, help=f"{name} commands")
+                add(p.add_subparsers(dest=f"{prefix}{name}_cmd", required=True, metavar="COMMAND"), entry,
+                    f"{prefix}{name}_")  # fmt: skip
+            else:
+                p = sub.add_parser(name, help=entry.help, description=entry.help)
+                p.add_argument("--config", help="YAML file whose keys set this command's options (flags override)")
+                add_dataclass_arguments(p, entry.config)
+                p.set_defaults(_command=entry, _parser=p)
+
+    add(parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND"), COMMANDS, "")
+    return parser
+
+
+def _version() -> str:
+    from spanpref import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command: Command = ns._command
+    try:
+        config = build_config(command.config, ns, ns.config, _given_dests(ns._parser, argv))
+        code = command.run(config)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
+    except Exception as e:  # user-facing errors: one clear line, no traceback unless -v
+        if ns.verbose or not _is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+def _is_user_error(e: Exception) -> bool:
+    from spanpref.repo import HubAuthError
+    from spanpref.schema import ValidationError
+
+    return isinstance(e, CLIError | ValueError | HubAuthError | ValidationError | FileNotFoundError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
