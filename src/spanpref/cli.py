@@ -29,6 +29,9 @@ class CLIError(Exception):
 # ---------------------------------------------------------------------------------------------------
 # dataclass -> argparse
 # ---------------------------------------------------------------------------------------------------
+_REQUIRED = object()
+
+
 def _arg(help: str, *, positional: bool = False, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
     """A config field with its help text (shown by --help); `positional` makes it a positional argument."""
     metadata = {"help": help, "positional": positional}
@@ -62,8 +65,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             (item,) = typing.get_args(tp)
             parser.add_argument(flag, type=item, nargs="*", default=default, help=help_text)
         else:
-            parser.add_argument(flag, type=tp, default=default, required=not has_default,
-                                help=help_text + (f" (default: {default})" if default not in (None, "") else ""))  # fmt: skip
+            # required fields are checked after --config is merged in (a YAML file may supply them)
+            parser.add_argument(flag, type=tp, default=default if has_default else _REQUIRED,
+                                help=help_text + (" (required)" if not has_default else
+                                                  f" (default: {default})" if default not in (None, "") else ""))  # fmt: skip
 
 
 def build_config(cls: type, ns: argparse.Namespace, config_file: str | None, given: set[str]) -> Any:
@@ -79,6 +84,10 @@ def build_config(cls: type, ns: argparse.Namespace, config_file: str | None, giv
     for name in names:
         if name in given or name not in values:
             values[name] = getattr(ns, name)
+    missing = [n for n, v in values.items() if v is _REQUIRED]
+    if missing:
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
+        raise CLIError(f"{flags} is required (give it as a flag or in the --config file)")
     return cls(**values)
 
 
@@ -86,9 +95,7 @@ def _given_dests(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """Destinations the user set on the command line (so YAML values are only overridden by them)."""
     given = set()
     for action in parser._actions:
-        if not action.option_strings:
-            given.add(action.dest)
-        elif any(a.split("=")[0] in action.option_strings for a in argv):
+        if not action.option_strings or any(a.split("=")[0] in action.option_strings for a in argv):
             given.add(action.dest)
     return given
 
@@ -212,12 +219,16 @@ def run_taxonomy(args: TaxonomyArgs) -> None:
 
 COMMANDS: dict[str, Command | dict[str, Command]] = {
     "import": {
-        "qa-feedback": Command("qa-feedback", "import Fine-Grained RLHF qa-feedback data",
-                               ImportQAFeedbackArgs, run_import_qa_feedback),  # fmt: skip
+        "qa-feedback": Command(
+            "qa-feedback", "import Fine-Grained RLHF qa-feedback data", ImportQAFeedbackArgs, run_import_qa_feedback
+        ),  # fmt: skip
     },
-    "stats": Command("stats", "annotation statistics (the paper's Table 1) and per-reason counts", StatsArgs, run_stats),
-    "validate": Command("validate", "check every config of a dataset repo against the data contract", ValidateArgs,
-                        run_validate),  # fmt: skip
+    "stats": Command(
+        "stats", "annotation statistics (the paper's Table 1) and per-reason counts", StatsArgs, run_stats
+    ),
+    "validate": Command(
+        "validate", "check every config of a dataset repo against the data contract", ValidateArgs, run_validate
+    ),  # fmt: skip
     "push": Command("push", "upload a dataset repo folder to the Hugging Face Hub", PushArgs, run_push),
     "taxonomy": Command("taxonomy", "show a feedback taxonomy", TaxonomyArgs, run_taxonomy),
 }
@@ -263,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     command: Command = ns._command
     try:
         config = build_config(command.config, ns, ns.config, _given_dests(ns._parser, argv))

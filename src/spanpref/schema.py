@@ -369,14 +369,16 @@ def check_configs(configs: Mapping[str, Iterable[Any]], taxonomy: Any = None) ->
             if missing:
                 problems.append(Problem(name, i, str(row.get(id_col, "")), f"missing column(s) {missing}"))
         if id_col:
-            counts = Counter(str(r.get(id_col)) for r in rows)
-            ids[name] = set(counts)
+            first: dict[str, int] = {}
             for i, row in enumerate(rows):
                 rid = str(row.get(id_col))
                 if not row.get(id_col):
                     problems.append(Problem(name, i, "", f"empty {id_col}"))
-                elif counts[rid] > 1:
-                    problems.append(Problem(name, i, rid, f"duplicate {id_col} {rid!r} ({counts[rid]} rows)"))
+                elif rid in first:
+                    problems.append(Problem(name, i, rid, f"duplicate {id_col} {rid!r} (first at row {first[rid]})"))
+                else:
+                    first[rid] = i
+            ids[name] = set(first)
 
     def ref(name: str, i: int, rid: str, column: str, target: str, value: Any) -> None:
         if target in ids and value not in ids[target]:

@@ -88,6 +88,7 @@ def compute_annotation_stats(
 
 def load_annotation_stats(repo: Any) -> AnnotationStats:
     """Statistics of a repo's annotations config (joins responses, queries and documents when present)."""
+
     def read(config: str) -> list[dict]:
         return repo.read(config) if repo.has(config) else []
 

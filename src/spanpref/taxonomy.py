@@ -121,7 +121,6 @@ def load_taxonomy(name_or_path: str | Path = DEFAULT_TAXONOMY) -> Taxonomy:
     return _load_bundled(str(name_or_path))
 
 
-@cache
 def _load_file(path: str) -> Taxonomy:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))

@@ -156,7 +156,9 @@ def convert_record(rec: Any, index: int, mapping: QAFeedbackMapping, taxonomy: T
             raise InvalidRecordError(f"{where[:-1]}: span [{start}, {end}) is not inside prediction 1 "
                                      f"({len(text)} characters)")  # fmt: skip
         if etype not in mapping.span_errors:
-            raise InvalidRecordError(f"{where[:-1]}: unknown error type {etype!r}; known: {sorted(mapping.span_errors)}")
+            raise InvalidRecordError(
+                f"{where[:-1]}: unknown error type {etype!r}; known: {sorted(mapping.span_errors)}"
+            )
         explanation = (e.get("explanation") or "").strip()
         spans.append({"start": start, "end": end, "polarity": schema.DISLIKE, "reasons": list(mapping.span_errors[etype]),
                       "note": f"qa-feedback: {etype}" + (f"; {explanation}" if explanation else "")})  # fmt: skip
