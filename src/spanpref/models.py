@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     config_dict = gguf_model.config.to_dict()
     # The GGUF quantization marker is what makes transformers refuse to train or save the model.
     config_dict.pop("quantization_config", None)
-    config_dict.pop("_name_or_path", None)
+    for key in ("_name_or_path", "_model_name_or_path"):  # GGUF-internal names, meaningless once saved here
+        config_dict.pop(key, None)
     config = AutoConfig.for_model(**config_dict)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
@@ -117,6 +118,11 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     (out_dir / MARKER_FILENAME).write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def is_default_model_prepared(cache_dir: str | Path | None = None) -> bool:
+    """Whether `prepare_default_model(cache_dir)` would reuse a finished folder instead of converting."""
+    return _is_current(default_model_dir(cache_dir), default_gguf_path())
+
+
 def prepare_default_model(cache_dir: str | Path | None = None, force: bool = False) -> Path:
     """Convert the bundled GGUF into a Hugging Face model folder once, and return that folder.
 
@@ -132,13 +138,15 @@ def prepare_default_model(cache_dir: str | Path | None = None, force: bool = Fal
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info("converting %s into %s (once; takes ~30 s on CPU)", gguf.name, target)
     started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # Not mkdtemp: its private 0700 mode would stick to the model folder after the rename.
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
     try:
         _convert_gguf(gguf, tmp)
         if target.exists():
             # Stale, forced or interrupted: move it aside first, since a directory cannot be renamed over a non-empty one.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "model")
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
+            os.replace(target, old)
             shutil.rmtree(old, ignore_errors=True)
         try:
             os.replace(tmp, target)

@@ -1,0 +1,46 @@
+"""Shared fixtures: the converted default model and real llama.cpp servers on 127.0.0.1.
+
+Where the default model comes from: if the user cache (`$SPANPREF_CACHE` or `~/.cache/spanpref`) already holds a
+finished conversion, the tests reuse it (the conversion takes ~50 s on 2 cores); otherwise, or with
+`SPANPREF_TEST_FRESH_MODEL=1`, the session converts the GGUF once into a pytest temporary directory and never writes
+to the user cache.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from spanpref.llama_server import LlamaServer
+from spanpref.models import default_gguf_path, is_default_model_prepared, prepare_default_model
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("SPANPREF_TEST_FRESH_MODEL") != "1" and is_default_model_prepared():
+        return prepare_default_model()
+    return prepare_default_model(cache_dir=tmp_path_factory.mktemp("spanpref-cache"))
+
+
+@pytest.fixture(scope="session")
+def start_llama_server() -> Iterator[Callable[..., LlamaServer]]:
+    """Start servers for the bundled GGUF (kwargs go to `LlamaServer`); all are stopped at the end of the session."""
+    servers: list[LlamaServer] = []
+
+    def start(**kwargs) -> LlamaServer:
+        server = LlamaServer(default_gguf_path(), **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_server(start_llama_server: Callable[..., LlamaServer]) -> LlamaServer:
+    """One shared server; two slots so that concurrent requests are actually decoded together."""
+    return start_llama_server(n_parallel=2)
