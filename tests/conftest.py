@@ -31,7 +31,9 @@ def start_llama_server() -> Iterator[Callable[..., LlamaServer]]:
     servers: list[LlamaServer] = []
 
     def start(**kwargs) -> LlamaServer:
-        server = LlamaServer(default_gguf_path(), **kwargs).start()
+        # One decoding thread: llama.cpp's OpenMP workers spin-wait for each other, and when another process holds
+        # one of the 2 cores a 2-thread server stalls for seconds per request; a single thread never waits.
+        server = LlamaServer(default_gguf_path(), **{"n_threads": 1, **kwargs}).start()
         servers.append(server)
         return server
 

@@ -163,8 +163,8 @@ def test_load_a_repo_by_hub_id_from_a_real_server(hub, tmp_path):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
 
     assert got["endpoint"] == endpoint
-    assert got["files"] == ["README.md", "data/documents/train-00000-of-00001.parquet",
-                            "data/queries/train-00000-of-00001.parquet"]  # fmt: skip
+    shards = {c: repo.shards(c)["train"].relative_to(repo.path).as_posix() for c in (schema.DOCUMENTS, schema.QUERIES)}
+    assert got["files"] == ["README.md", shards[schema.DOCUMENTS], shards[schema.QUERIES]]
     assert got["sha"] == sha
     assert got["configs"] == [schema.DOCUMENTS, schema.QUERIES]
     assert got["queries"] == repo.read(schema.QUERIES)
@@ -173,4 +173,4 @@ def test_load_a_repo_by_hub_id_from_a_real_server(hub, tmp_path):
     assert [{k: r[k] for k in QUERIES[0]} for r in got["queries"]] == QUERIES
     assert [{k: r[k] for k in DOCS[0]} for r in got["documents"]] == DOCS
     # the bytes came over HTTP from the server, at the committed revision
-    assert f"/datasets/{REPO_ID}/resolve/{sha}/data/queries/train-00000-of-00001.parquet" in server_log
+    assert f"/datasets/{REPO_ID}/resolve/{sha}/{shards[schema.QUERIES]}" in server_log

@@ -30,7 +30,7 @@ def test_write_then_load_with_datasets(tmp_path):
     docs = datasets.load_dataset(str(repo.path), schema.DOCUMENTS, split="train")
     assert docs.features == schema.features_of(schema.DOCUMENTS)
     assert docs[2]["text"] == "text 2 ✓" and docs[0]["source"] == ""  # default filled in
-    assert (repo.path / "data" / "queries" / "test-00000-of-00001.parquet").is_file()
+    assert repo.shards(schema.QUERIES)["test"].parent == repo.path / "data" / "queries"
 
 
 def test_update_replaces_one_config_and_keeps_the_others(tmp_path):
@@ -101,7 +101,7 @@ def test_interrupted_swap_is_recovered(tmp_path):
 def test_unchanged_files_are_hard_linked_not_copied(tmp_path):
     repo = DatasetRepo(tmp_path / "r")
     repo.write({schema.DOCUMENTS: _docs(2), schema.QUERIES: _queries(2)})
-    f = repo.path / "data" / "documents" / "train-00000-of-00001.parquet"
+    f = repo.shards(schema.DOCUMENTS)["train"]
     inode = f.stat().st_ino
     repo.write({schema.QUERIES: _queries(1)})
     assert f.stat().st_ino == inode
@@ -165,3 +165,24 @@ def test_push_without_token_says_what_to_do(tmp_path, monkeypatch):
     repo.write({schema.DOCUMENTS: _docs(1)})
     with pytest.raises(HubAuthError, match=r"no Hugging Face token: run `hf auth login` \(or set HF_TOKEN\)"):
         push_repo(repo.path, "org/feedback", api=RecordingHfApi())
+
+
+def test_empty_splits_are_not_written_and_empty_configs_refused(tmp_path):
+    repo = DatasetRepo(tmp_path / "r")
+    repo.write({schema.DOCUMENTS: {"train": _docs(2), "test": []}})
+    assert repo.splits(schema.DOCUMENTS) == ["train"]
+    assert datasets.load_dataset(str(repo.path), schema.DOCUMENTS)["train"].num_rows == 2
+    with pytest.raises(RepoError, match=r"queries: no rows to write"):
+        repo.write({schema.QUERIES: []})
+
+
+def test_load_dataset_sees_a_rewritten_config(tmp_path):
+    """`datasets` caches by the card's data_files, not by content: a rewrite must never be read stale."""
+    repo = DatasetRepo(tmp_path / "r")
+    repo.write({schema.DOCUMENTS: _docs(3)})
+    assert datasets.load_dataset(str(repo.path), schema.DOCUMENTS, split="train").num_rows == 3
+    repo.write({schema.DOCUMENTS: _docs(5)})
+    assert datasets.load_dataset(str(repo.path), schema.DOCUMENTS, split="train").num_rows == 5
+    other = DatasetRepo(tmp_path / "elsewhere" / "r")  # same folder name, other content
+    other.write({schema.DOCUMENTS: _docs(2)})
+    assert datasets.load_dataset(str(other.path), schema.DOCUMENTS, split="train").num_rows == 2

@@ -81,7 +81,8 @@ def render_dataset_card(
     meta.setdefault("tags", ["spanpref", "span-feedback", "preference"])
     meta["configs"] = [
         {"config_name": name,
-         "data_files": [{"split": s, "path": f"data/{name}/{s}-*.parquet"} for s in repo.splits(name)]}
+         "data_files": [{"split": s, "path": repo.shards(name)[s].relative_to(repo.path).as_posix()}
+                        for s in repo.splits(name)]}
         for name in config_names
     ]  # fmt: skip
     configs = [
@@ -125,4 +126,4 @@ def render_dataset_card(
 def _count(repo: Any, config: str, split: str) -> int:
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(repo.path / "data" / config / f"{split}-00000-of-00001.parquet").metadata.num_rows
+    return pq.ParquetFile(repo.shards(config)[split]).metadata.num_rows

@@ -325,6 +325,57 @@ def run_generate_responses(args: GenerateResponsesArgs) -> None:
     print(generate_responses(args.folder, args.build(), args.generation_config(), cfg).summary())
 
 
+@dataclass(kw_only=True)
+class ChainsArgs(BackendArgs):
+    folder: str = _arg("dataset repo folder with annotations, responses, queries and documents", positional=True)
+    rewriter: str = _arg("local (one call per span; ours) or paper (one call per chain), or a rewriter folder "
+                         "with config.yaml + prompt.txt", default="local")  # fmt: skip
+    limit: int | None = _arg("only the first N annotations with dislike spans", default=None)
+    max_attempts: int | None = _arg("tries per chain (paper) or per step (local) before rejecting (default: the "
+                                    "rewriter's config.yaml)", default=None)  # fmt: skip
+    chunk_size: int = _arg("chains per journal write (a killed run loses at most one chunk)", default=16)
+    slack: int = _arg("characters an edit may reach past its span", default=40)
+    merge_gap: int = _arg("changed regions closer than this count as one edit", default=12)
+    liked_spans: str = _arg("what an edit of a liked span does: reject or warn", default="reject")
+    temperature: float | None = _arg("sampling temperature (default: the rewriter's config.yaml)", default=None)
+    top_p: float | None = _arg("nucleus sampling mass (default: the rewriter's config.yaml)", default=None)
+
+
+def run_chains(args: ChainsArgs) -> None:
+    from spanpref.chains.build import build_chains
+    from spanpref.chains.validate import ValidationConfig
+
+    validation = ValidationConfig(slack=args.slack, merge_gap=args.merge_gap, liked_spans=args.liked_spans)
+    report = build_chains(args.folder, args.rewriter, args.build(), validation=validation, limit=args.limit,
+                          chunk_size=args.chunk_size, seed=args.seed, max_attempts=args.max_attempts,
+                          temperature=args.temperature, top_p=args.top_p)  # fmt: skip
+    print(report.summary())
+
+
+@dataclass(kw_only=True)
+class PairsArgs:
+    folder: str = _arg("dataset repo folder with chains (and comparisons for A/B pairs)", positional=True)
+    train: float = _arg("share of queries in the train split", default=0.8)
+    validation: float = _arg("share of queries in the validation split", default=0.1)
+    test: float = _arg("share of queries in the test split", default=0.1)
+    seed: int = _arg("seed of the split assignment and of the stepwise downsampling", default=0)
+    rewriter: str | None = _arg("use the chains of this rewriter when several are present", default=None)
+    constructions: list[str] | None = _arg("constructions to build (default: all): ab first_edit full_rewrite "
+                                           "stepwise stepwise_ds human_rewrite sft_full_rewrite", default=None)  # fmt: skip
+    prompt: str = _arg("prompt the responses were generated with (the pairs' prompt)", default="generate_responses")
+    max_document_chars: int = _arg("cut documents in prompts to this many characters", default=6000)
+
+
+def run_pairs(args: PairsArgs) -> None:
+    from spanpref.pairs import PairConfig, build_pairs
+
+    splits = {k: v for k, v in (("train", args.train), ("validation", args.validation), ("test", args.test)) if v}
+    cfg = PairConfig(splits=splits, seed=args.seed, rewriter=args.rewriter, prompt=args.prompt,
+                     max_document_chars=args.max_document_chars,
+                     **({"constructions": args.constructions} if args.constructions else {}))  # fmt: skip
+    print(build_pairs(args.folder, cfg).summary())
+
+
 COMMANDS: dict[str, Command | dict[str, Command]] = {
     "import": {
         "qa-feedback": Command(
@@ -353,6 +404,10 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
             "responses", "sample K independent responses per query", GenerateResponsesArgs, run_generate_responses
         ),
     },
+    "chains": Command("chains", "build improvement chains from the dislike spans", ChainsArgs, run_chains),
+    "pairs": Command(
+        "pairs", "cut preference pairs and SFT examples from chains and comparisons", PairsArgs, run_pairs
+    ),
     "stats": Command(
         "stats", "annotation statistics (the paper's Table 1) and per-reason counts", StatsArgs, run_stats
     ),

@@ -193,10 +193,6 @@ def build_params(gguf_path: str | Path, host: str, port: int, n_ctx: int, n_thre
     params.n_ctx = n_ctx
     params.cpuparams.n_threads = n_threads
     params.cpuparams_batch.n_threads = n_threads
-    # llama.cpp's workers busy-wait between ops by default; when cores are shared (tests, a second server, a
-    # training job) that spinning made single requests take 20-90 s instead of 0.4 s on a 2-core machine.
-    params.cpuparams.poll = 0
-    params.cpuparams_batch.poll = 0
     params.n_parallel = n_parallel
     # Without a unified cache llama.cpp splits n_ctx evenly between slots, so parallelism would shrink the context.
     params.kv_unified = n_parallel > 1

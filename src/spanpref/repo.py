@@ -7,6 +7,7 @@ so a failed or killed stage leaves the previous state intact and a reader never 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -27,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 CARD = "README.md"
 DATA = "data"
-_SHARD = "{split}-00000-of-00001.parquet"
+# One parquet file per split, named by a hash of its content: `datasets` keys its cache on the card's
+# data_files (not on file contents), so a rewritten config must change its file name or a later
+# `load_dataset` would return the old rows from the cache.
+_SHARD_GLOB = "*.parquet"
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n?", re.S)
 
 
@@ -100,9 +104,16 @@ class DatasetRepo:
         """Configs listed in the card, in card order."""
         return [c["config_name"] for c in self.card_metadata().get("configs", [])]
 
-    def splits(self, config: str) -> list[str]:
+    def shards(self, config: str) -> dict[str, Path]:
+        """split -> its parquet file."""
         folder = self.path / DATA / config
-        return sorted(p.name.split("-")[0] for p in folder.glob("*.parquet")) if folder.is_dir() else []
+        if not folder.is_dir():
+            return {}
+        return {p.name.rsplit("-", 1)[0]: p for p in sorted(folder.glob(_SHARD_GLOB))}
+
+    def splits(self, config: str) -> list[str]:
+        order = {s: i for i, s in enumerate(schema.SPLITS)}
+        return sorted(self.shards(config), key=lambda s: (order.get(s, len(order)), s))
 
     def has(self, config: str) -> bool:
         return bool(self.splits(config))
@@ -110,11 +121,10 @@ class DatasetRepo:
     def read_table(self, config: str, split: str | None = None) -> pa.Table:
         if not self.has(config):
             raise RepoError(f"{self.path} has no config {config!r}; it has {self.config_names()}")
-        splits = [split] if split else self.splits(config)
-        files = [self.path / DATA / config / _SHARD.format(split=s) for s in splits]
-        for f in files:
-            if not f.is_file():
-                raise RepoError(f"{self.path}: config {config!r} has no split {f.name.split('-')[0]!r}")
+        shards = self.shards(config)
+        if split is not None and split not in shards:
+            raise RepoError(f"{self.path}: config {config!r} has no split {split!r}; it has {self.splits(config)}")
+        files = [shards[split]] if split else [shards[s] for s in self.splits(config)]
         return pa.concat_tables([pq.read_table(f) for f in files])
 
     def read(self, config: str, split: str | None = None) -> list[dict[str, Any]]:
@@ -129,8 +139,7 @@ class DatasetRepo:
         return {s: self.read(config, s) for s in self.splits(config)}
 
     def count(self, config: str) -> int:
-        return sum(pq.ParquetFile(self.path / DATA / config / _SHARD.format(split=s)).metadata.num_rows
-                   for s in self.splits(config))  # fmt: skip
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.shards(config).values())
 
     # -- writing -------------------------------------------------------------------------------------
     def write(
@@ -148,6 +157,13 @@ class DatasetRepo:
         they refer to, and nothing is written if any problem is found.
         """
         new = {name: _as_splits(data) for name, data in configs.items()}
+        for name, splits in new.items():
+            # `datasets` cannot load an empty parquet split, so an empty split is not written at all
+            for split in [s for s, rows in splits.items() if not rows]:
+                logger.warning("%s: split %r is empty and is not written", name, split)
+                del splits[split]
+            if not splits:
+                raise RepoError(f"{name}: no rows to write (a config needs at least one row to be loadable)")
         for name in new:
             schema.record_class(name)  # unknown config -> ValueError naming the choices
         if validate:
@@ -159,7 +175,10 @@ class DatasetRepo:
                 folder = tmp / DATA / name
                 folder.mkdir(parents=True, exist_ok=True)
                 for split, table in splits.items():
-                    pq.write_table(table, folder / _SHARD.format(split=split))
+                    staged = folder / f".{split}.parquet"
+                    pq.write_table(table, staged)
+                    digest = hashlib.sha256(staged.read_bytes()).hexdigest()[:12]
+                    staged.rename(folder / f"{split}-{digest}.parquet")
             for rel, content in (extra_files or {}).items():
                 target = tmp / rel
                 target.parent.mkdir(parents=True, exist_ok=True)

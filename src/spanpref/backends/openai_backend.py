@@ -232,13 +232,13 @@ class OpenAIBackend(Backend):
                         continue
                     completion = future.result()
                     self.usage.add(completion)
+                    if not failures:
+                        submit_next()  # before yielding, so the server stays busy while the caller persists results
                     pending.setdefault(i, {})[j] = completion
                     if len(pending[i]) == config.n and i not in failures:
                         samples = pending.pop(i)
                         completed[i] = [samples[k] for k in range(config.n)]
                         yield i, completed[i]
-                    if not failures:
-                        submit_next()
         finally:
             bar.close()
             # Reached early only if the consumer stopped iterating: let in-flight calls end, start nothing new.

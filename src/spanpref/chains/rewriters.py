@@ -1,0 +1,399 @@
+"""The two rewriters that turn one annotated response into an improvement chain a0 -> a1 -> ... -> a*.
+
+- `paper` (CH-Wang et al. 2025, appendix A): one call sees the whole response with like/dislike tags and
+  writes every step; each step must drop the tag it fixed and keep the others.
+- `local` (ours): one call per dislike span; the model sees the span marked in the current text and returns
+  only the rewritten passage (the span widened to its sentence), which is spliced in. Offsets of the later
+  spans are carried through each edit, so the model never has to copy the rest of the response.
+
+Both check every step with `spanpref.chains.validate`, retry a failing chain (paper) or step (local) with a
+new seed, and reject it after `max_attempts` with the recorded reason. Rewriters are configured by data:
+`recipes/rewriters/<name>/config.yaml` + `prompt.txt`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spanpref import schema
+from spanpref.backends import Backend, Completion, GenerationConfig
+from spanpref.chains.validate import ValidationConfig, check_chain, check_step, reanchor
+from spanpref.markup import MarkupError, parse_markup, render_markup
+from spanpref.prompts import PromptTemplate, load_prompt, parse_prompt
+
+logger = logging.getLogger(__name__)
+
+SEED_STRIDE = 100_003
+CHARS_PER_TOKEN = 3.5  # rough budget estimate when no tokenizer is at hand (server backends)
+
+
+@dataclass
+class ChainContext:
+    """Everything a rewriter needs for one annotation."""
+
+    chain_id: str
+    annotation_id: str
+    query: str
+    document: str
+    a0: str
+    dislikes: list[schema.Span]  # in the order they are addressed (left to right)
+    likes: list[schema.Span]
+    reason_labels: dict[int, str]  # span_id -> "Off-topic; Repeats itself (note: ...)"
+
+
+@dataclass(kw_only=True)
+class RewriterConfig:
+    prompt: str = field(default="prompt.txt", metadata={"help": "prompt file, relative to the rewriter folder"})
+    max_attempts: int = field(default=3, metadata={"help": "tries per chain (paper) or per step (local)"})
+    max_document_chars: int = field(default=4000, metadata={"help": "the document is cut to this length"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass"})
+    max_window_chars: int = field(default=400, metadata={"help": "local: longest passage around a span"})
+    max_new_tokens_factor: float = field(default=2.0, metadata={"help": "local: token budget per passage token"})
+    max_new_tokens_per_step_factor: float = field(
+        default=1.5, metadata={"help": "paper: token budget per response token per step"}
+    )
+
+
+def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, PromptTemplate]:
+    """A rewriter folder (config.yaml + prompt.txt): bundled by name (`paper`, `local`) or a path."""
+    folder = Path(name_or_dir)
+    if not folder.is_dir():
+        bundled = resources.files("spanpref") / "recipes" / "rewriters" / str(name_or_dir)
+        if not bundled.is_dir():
+            raise ValueError(
+                f"unknown rewriter {str(name_or_dir)!r}; choose from {sorted(REWRITERS)} or give a folder"
+            )
+        folder = Path(str(bundled))
+    data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
+    known = {f.name for f in dataclasses.fields(RewriterConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{folder / 'config.yaml'}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    cfg = RewriterConfig(**data)
+    prompt_path = folder / cfg.prompt
+    return cfg, parse_prompt(prompt_path.read_text(encoding="utf-8"), f"rewriters/{folder.name}")
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " […]"
+
+
+def _estimate_tokens(text: str) -> int:
+    return int(len(text) / CHARS_PER_TOKEN) + 1
+
+
+@dataclass
+class _Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, c: Completion) -> None:
+        self.prompt_tokens += c.prompt_tokens
+        self.completion_tokens += c.completion_tokens
+
+
+def chain_row(ctx: ChainContext, rewriter: str, model: str, steps: list[dict], *, status: str, reason: str,
+              attempts: int, usage: _Usage) -> dict[str, Any]:  # fmt: skip
+    return {"chain_id": ctx.chain_id, "annotation_id": ctx.annotation_id, "method": "sequential",
+            "rewriter": rewriter, "model": model, "steps": steps, "status": status, "reject_reason": reason,
+            "attempts": attempts, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}  # fmt: skip
+
+
+def steps_from_texts(ctx: ChainContext, texts: list[str], edits: list[Any]) -> list[dict]:
+    return [{"text": t, "span_id": s.span_id, "edit_start": e.start, "edit_end": e.end, "new_end": e.new_end,
+             "distance": e.distance} for t, s, e in zip(texts, ctx.dislikes, edits, strict=True)]  # fmt: skip
+
+
+class Rewriter(ABC):
+    name: str
+
+    def __init__(self, config: RewriterConfig, prompt: PromptTemplate, validation: ValidationConfig | None = None):
+        self.config = config
+        self.prompt = prompt
+        self.validation = validation or ValidationConfig()
+
+    @abstractmethod
+    def rewrite(self, contexts: list[ChainContext], backend: Backend, seed: int = 0) -> list[dict[str, Any]]:
+        """One chains-config row per context, status "ok" or "rejected" with the reason."""
+
+    def _gen(self, max_new_tokens: int, seed: int) -> GenerationConfig:
+        return GenerationConfig(temperature=self.config.temperature, top_p=self.config.top_p,
+                                max_new_tokens=max(16, max_new_tokens), seed=seed)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# paper
+# ---------------------------------------------------------------------------------------------------
+_STEP_HEADER = re.compile(r"^[ \t]*(?:#+|\*\*)?[ \t]*Step[ \t]+(\d+)[ \t:.*]*$", re.M | re.I)
+
+
+def split_steps(text: str) -> list[tuple[int, str]]:
+    """(step number, body) for each `### Step k` header in a reply."""
+    matches = list(_STEP_HEADER.finditer(text))
+    out = []
+    for m, nxt in zip(matches, [*matches[1:], None], strict=False):
+        body = text[m.end() : nxt.start() if nxt else len(text)].strip("\n")
+        out.append((int(m.group(1)), body.strip()))
+    return out
+
+
+class PaperRewriter(Rewriter):
+    name = "paper"
+
+    def prompt_for(self, ctx: ChainContext) -> tuple[list[dict[str, str]], dict[int, int]]:
+        """Messages and the map prompt id -> span_id. Dislikes are renumbered 1..n in the order they must be
+        fixed (the prompt says to follow id order); likes follow with n+1.."""
+        ids: dict[int, int] = {}
+        shown = []
+        for k, s in enumerate([*ctx.dislikes, *ctx.likes], start=1):
+            ids[k] = s.span_id
+            shown.append(replace(s, span_id=k))
+        reasons = "\n".join(f"- {s.polarity} {k}: {ctx.reason_labels.get(ids[k], '')}" for k, s in
+                            zip(ids, shown, strict=True))  # fmt: skip
+        messages = self.prompt.messages(query=ctx.query, document=_truncate(ctx.document, self.config.max_document_chars),
+                                        tagged_response=render_markup(ctx.a0, shown), reasons=reasons)  # fmt: skip
+        return messages, ids
+
+    def parse(self, ctx: ChainContext, reply: str, finish_reason: str) -> tuple[list[str], str]:
+        """The step texts, or ([], reason) when the reply breaks the format."""
+        n, n_likes = len(ctx.dislikes), len(ctx.likes)
+        steps = split_steps(reply)
+        if not steps:
+            return [], "format: no '### Step k' headers in the reply" + (" (cut off at the token limit)"
+                                                                         if finish_reason == "length" else "")  # fmt: skip
+        numbers = [k for k, _ in steps]
+        if numbers != list(range(1, len(steps) + 1)):
+            return [], f"format: steps numbered {numbers}, expected 1..{len(steps)}"
+        if len(steps) != n:
+            cut = " (cut off at the token limit)" if finish_reason == "length" else ""
+            return [], f"step_count: expected {n} steps, got {len(steps)}{cut}"
+        texts = []
+        for k, body in steps:
+            try:
+                plain, spans = parse_markup(body)
+            except MarkupError as e:
+                return [], f"step {k}: bad_tags: {e}"
+            dislike_ids = sorted(s.span_id for s in spans if s.polarity == schema.DISLIKE)
+            like_ids = sorted(s.span_id for s in spans if s.polarity == schema.LIKE)
+            want = list(range(k + 1, n + 1))
+            if k in dislike_ids:
+                return [], f"step {k}: extra_tag: the tag of dislike {k}, which this step fixes, is still there"
+            missing = sorted(set(want) - set(dislike_ids))
+            if missing:
+                return [], f"step {k}: dropped_tag: dislike tag(s) {missing} are gone"
+            extra = sorted(set(dislike_ids) - set(want))
+            if extra:
+                return [], f"step {k}: extra_tag: dislike tag(s) {extra} should not be there"
+            want_likes = list(range(n + 1, n + n_likes + 1))
+            if like_ids != want_likes:
+                return [], f"step {k}: dropped_tag: like tags {sorted(set(want_likes) - set(like_ids))} are gone"
+            texts.append(plain)
+        return texts, ""
+
+    def rewrite(self, contexts: list[ChainContext], backend: Backend, seed: int = 0) -> list[dict[str, Any]]:
+        prompts = {c.chain_id: self.prompt_for(c)[0] for c in contexts}
+        usage = {c.chain_id: _Usage() for c in contexts}
+        reasons: dict[str, str] = {}
+        rows: dict[str, dict] = {}
+        for attempt in range(self.config.max_attempts):
+            pending = [c for c in contexts if c.chain_id not in rows]
+            if not pending:
+                break
+            budget = max(_estimate_tokens(c.a0) * len(c.dislikes) for c in pending)
+            gen = self._gen(
+                int(budget * self.config.max_new_tokens_per_step_factor) + 64, seed + attempt * SEED_STRIDE
+            )
+            results = backend.generate([prompts[c.chain_id] for c in pending], gen)
+            for ctx, (completion,) in zip(pending, results, strict=True):
+                usage[ctx.chain_id].add(completion)
+                texts, reason = self.parse(ctx, completion.text, completion.finish_reason)
+                if not reason:
+                    check = check_chain(ctx.a0, texts, ctx.dislikes, ctx.likes, self.validation)
+                    if check.ok:
+                        rows[ctx.chain_id] = chain_row(ctx, self.name, backend.model_id,
+                                                       steps_from_texts(ctx, texts, check.edits), status="ok",
+                                                       reason="", attempts=attempt + 1, usage=usage[ctx.chain_id])  # fmt: skip
+                        continue
+                    reason = check.reason
+                reasons[ctx.chain_id] = reason
+                logger.debug("%s attempt %d: %s", ctx.chain_id, attempt + 1, reason)
+        for ctx in contexts:
+            if ctx.chain_id not in rows:
+                rows[ctx.chain_id] = chain_row(ctx, self.name, backend.model_id, [], status="rejected",
+                                               reason=reasons[ctx.chain_id], attempts=self.config.max_attempts,
+                                               usage=usage[ctx.chain_id])  # fmt: skip
+        return [rows[c.chain_id] for c in contexts]
+
+
+# ---------------------------------------------------------------------------------------------------
+# local
+# ---------------------------------------------------------------------------------------------------
+_SENTENCE_END = re.compile(r"[.!?…](?:[\"'”’)\]]*)\s+|\n+")
+
+
+def sentence_window(text: str, start: int, end: int, max_chars: int) -> tuple[int, int]:
+    """The span widened to the sentence(s) holding it, at most `max_chars` long (never narrower than the span).
+    Leading and trailing whitespace stay outside the window, so splicing keeps the text's spacing."""
+    bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(text)] + [len(text)]
+    w_start = max(b for b in bounds if b <= start)
+    w_end = min((b for b in bounds if b >= end), default=len(text))
+    if w_end - w_start > max_chars:
+        # too long: grow around the span by what the budget allows, on word boundaries
+        room = max(0, max_chars - (end - start)) // 2
+        w_start = max(w_start, start - room)
+        w_end = min(w_end, end + room)
+        while w_start > 0 and w_start < start and not text[w_start - 1].isspace():
+            w_start += 1
+        while w_end < len(text) and w_end > end and not text[w_end].isspace():
+            w_end -= 1
+    while w_start < start and text[w_start].isspace():
+        w_start += 1
+    while w_end > end and text[w_end - 1].isspace():
+        w_end -= 1
+    return w_start, w_end
+
+
+DELETE = "DELETE"  # the reply that removes the whole passage (an empty reply is rejected as empty)
+_PREFIX = re.compile(r"^\s*(?:#+\s*)?(?:rewritten passage|passage|rewrite|answer|here is[^:\n]*)\s*:\s*", re.I)
+
+
+def clean_passage(reply: str) -> str:
+    """The passage from a reply: no code fences, no 'Rewritten passage:' lead-in, no echoed tags or quotes."""
+    text = reply.strip()
+    fence = re.fullmatch(r"```[a-z]*\n?(.*?)\n?```", text, re.S)
+    if fence:
+        text = fence.group(1).strip()
+    text = _PREFIX.sub("", text, count=1).strip()
+    text = re.sub(r"</?(?:like|dislike)(?:\s+id\s*=\s*['\"‘’“”]?\w*['\"‘’“”]?)?\s*>", "", text)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
+        text = text[1:-1].strip()
+    return text
+
+
+@dataclass
+class _LocalState:
+    ctx: ChainContext
+    text: str
+    pending: list[schema.Span]  # dislikes still to fix, in current-text coordinates
+    likes: list[schema.Span]
+    texts: list[str] = field(default_factory=list)
+    attempts: int = 0  # tries of the current step
+    total_attempts: int = 0
+    usage: _Usage = field(default_factory=_Usage)
+    reason: str = ""
+    rejected: bool = False
+
+
+class LocalRewriter(Rewriter):
+    name = "local"
+
+    def prompt_for(self, ctx: ChainContext, text: str, span: schema.Span) -> tuple[list[dict[str, str]], int, int]:
+        w_start, w_end = sentence_window(text, span.start, span.end, self.config.max_window_chars)
+        marked = replace(span, span_id=1, polarity=schema.DISLIKE)
+        passage = render_markup(text[w_start:w_end], [replace(marked, start=span.start - w_start,
+                                                                     end=span.end - w_start)])  # fmt: skip
+        messages = self.prompt.messages(
+            query=ctx.query, document=_truncate(ctx.document, self.config.max_document_chars),
+            tagged_response=render_markup(text, [marked]), reasons=ctx.reason_labels.get(span.span_id, ""),
+            passage=passage,
+        )  # fmt: skip
+        return messages, w_start, w_end
+
+    def rewrite(self, contexts: list[ChainContext], backend: Backend, seed: int = 0) -> list[dict[str, Any]]:
+        states = [_LocalState(c, c.a0, list(c.dislikes), list(c.likes)) for c in contexts]
+        wave = 0
+        while True:
+            active = [s for s in states if s.pending and not s.rejected]
+            if not active:
+                break
+            requests, windows = [], []
+            for s in active:
+                messages, w_start, w_end = self.prompt_for(s.ctx, s.text, s.pending[0])
+                requests.append(messages)
+                windows.append((w_start, w_end))
+            budget = max(_estimate_tokens(s.text[w0:w1]) for s, (w0, w1) in zip(active, windows, strict=True))
+            gen = self._gen(int(budget * self.config.max_new_tokens_factor) + 32, seed + wave * SEED_STRIDE)
+            results = backend.generate(requests, gen)
+            wave += 1
+            for s, (w_start, w_end), (completion,) in zip(active, windows, results, strict=True):
+                s.usage.add(completion)
+                s.attempts += 1
+                s.total_attempts += 1
+                self._apply(s, w_start, w_end, completion)
+        rows = []
+        for s in states:
+            if s.rejected:
+                rows.append(chain_row(s.ctx, self.name, backend.model_id, [], status="rejected", reason=s.reason,
+                                      attempts=s.total_attempts, usage=s.usage))  # fmt: skip
+                continue
+            # the steps passed one by one; checking the whole chain again guards the re-anchoring itself
+            check = check_chain(s.ctx.a0, s.texts, s.ctx.dislikes, s.ctx.likes, self.validation)
+            status, reason = ("ok", "") if check.ok else ("rejected", f"chain: {check.reason}")
+            steps = steps_from_texts(s.ctx, s.texts, check.edits) if check.ok else []
+            rows.append(chain_row(s.ctx, self.name, backend.model_id, steps, status=status, reason=reason,
+                                  attempts=s.total_attempts, usage=s.usage))  # fmt: skip
+        return rows
+
+    def _apply(self, s: _LocalState, w_start: int, w_end: int, completion: Completion) -> None:
+        step = len(s.texts) + 1
+        passage = clean_passage(completion.text)
+        delete = passage.strip().upper().rstrip(".") == DELETE
+        reason = ""
+        if not passage:
+            reason = "empty: the reply had no passage" + (" (only tags or quotes)" if completion.text.strip() else "")
+        if not reason:
+            new_text = s.text[:w_start] + passage + s.text[w_end:]
+            if delete:  # the whole passage removed: keep one space between its neighbours
+                before, after = s.text[:w_start].rstrip(" "), s.text[w_end:].lstrip(" ")
+                new_text = before + (" " if before and after and not after.startswith("\n") else "") + after
+            if completion.finish_reason == "length":
+                reason = "truncated: the reply hit the token limit"
+            else:
+                check = check_step(s.text, new_text, s.pending[0], s.likes, self.validation)
+                if check.ok:
+                    s.text = new_text
+                    s.texts.append(new_text)
+                    remaining = reanchor(s.pending[1:], check.edit)
+                    s.likes = [sp for sp in reanchor(s.likes, check.edit) if sp is not None]
+                    if any(sp is None for sp in remaining):
+                        # a later dislike was rewritten along with this one: it counts as addressed by this edit
+                        # only if we say so; we reject instead, so every step maps to one span.
+                        s.rejected = True
+                        s.reason = f"step {step}: overlap: the edit also removed a later dislike span"
+                        return
+                    s.pending = remaining
+                    s.attempts = 0
+                    return
+                reason = check.reason
+        s.reason = f"step {step}: {reason}"
+        logger.debug("%s step %d attempt %d: %s", s.ctx.chain_id, step, s.attempts, reason)
+        if s.attempts >= self.config.max_attempts:
+            s.rejected = True
+
+
+REWRITERS: dict[str, type[Rewriter]] = {"paper": PaperRewriter, "local": LocalRewriter}
+
+
+def build_rewriter(name_or_dir: str, validation: ValidationConfig | None = None, **overrides: Any) -> Rewriter:
+    """A rewriter by name (`paper`, `local`) or from a folder whose config.yaml names no class: the folder
+    name picks the class. `overrides` replace config.yaml values."""
+    cfg, prompt = load_rewriter_config(name_or_dir)
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    kind = Path(str(name_or_dir)).name
+    if kind not in REWRITERS:
+        raise ValueError(f"unknown rewriter {kind!r}; choose from {sorted(REWRITERS)}")
+    return REWRITERS[kind](cfg, prompt, validation)
+
+
+__all__ = ["ChainContext", "RewriterConfig", "Rewriter", "PaperRewriter", "LocalRewriter", "REWRITERS",
+           "build_rewriter", "load_rewriter_config", "sentence_window", "clean_passage", "split_steps", "load_prompt"]  # fmt: skip

@@ -1,0 +1,169 @@
+"""The rewriters' parsing and splicing on hand-written model replies (valid and each kind of invalid)."""
+
+import pytest
+
+from spanpref import schema
+from spanpref.backends import Completion
+from spanpref.chains.rewriters import (
+    ChainContext,
+    _LocalState,
+    build_rewriter,
+    clean_passage,
+    sentence_window,
+    split_steps,
+)
+from spanpref.chains.validate import ValidationConfig, check_chain
+
+A0 = ("Bloom is the second album by Troye Sivan. It was released in 2018. Ariana Grande was released on 13 June. "
+      "The album got good reviews.")  # fmt: skip
+D1 = A0.index("It was released in 2018.")
+D2 = A0.index("Ariana Grande was released on 13 June.")
+L1 = A0.index("The album got good reviews.")
+
+
+def _ctx():
+    return ChainContext(
+        chain_id="c1", annotation_id="a1", query="When did Bloom come out?", document="Bloom ... 31 August 2018.",
+        a0=A0,
+        dislikes=[schema.Span(7, D1, D1 + len("It was released in 2018."), "dislike"),
+                  schema.Span(3, D2, D2 + len("Ariana Grande was released on 13 June."), "dislike")],
+        likes=[schema.Span(5, L1, len(A0), "like")],
+        reason_labels={7: "Lacks depth or detail", 3: "Factually wrong", 5: "Useful fact"},
+    )  # fmt: skip
+
+
+STEP1 = A0.replace("It was released in 2018.", "It was released on 31 August 2018.")
+STEP2 = STEP1.replace("Ariana Grande was released on 13 June.", "Its fourth single came out on 13 June.")
+
+
+def _tagged(text, dislike_ids):
+    """The reply text of a step: remaining dislikes tagged (prompt ids), the like tagged as id 3."""
+    out = text
+    if 2 in dislike_ids:
+        s = "Ariana Grande was released on 13 June."
+        out = out.replace(s, f"<dislike id='2'>{s}</dislike id='2'>")
+    if 1 in dislike_ids:
+        s = "It was released in 2018."
+        out = out.replace(s, f"<dislike id='1'>{s}</dislike id='1'>")
+    s = "The album got good reviews."
+    return out.replace(s, f"<like id='3'>{s}</like id='3'>")
+
+
+def test_paper_prompt_renumbers_dislikes_in_fixing_order():
+    rw = build_rewriter("paper")
+    messages, ids = rw.prompt_for(_ctx())
+    assert ids == {1: 7, 2: 3, 3: 5}
+    user = messages[-1]["content"]
+    assert "<dislike id='1'>It was released in 2018.</dislike id='1'>" in user
+    assert "- dislike 2: Factually wrong" in user and "- like 3: Useful fact" in user
+
+
+def test_paper_reply_that_follows_the_format_is_accepted():
+    rw = build_rewriter("paper")
+    reply = f"### Step 1\n{_tagged(STEP1, {2})}\n\n### Step 2\n{_tagged(STEP2, set())}\n"
+    texts, reason = rw.parse(_ctx(), reply, "stop")
+    assert reason == "" and texts == [STEP1, STEP2]
+    check = check_chain(A0, texts, _ctx().dislikes, _ctx().likes)
+    assert check.ok, check.reason
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (lambda: f"### Step 1\n{_tagged(STEP1, set())}\n### Step 2\n{_tagged(STEP2, set())}", r"step 1: dropped_tag: dislike tag\(s\) \[2\]"),
+        (lambda: f"### Step 1\n{_tagged(STEP1, {2})}".replace("It was released on 31 August 2018.",
+         "<dislike id='1'>It was released on 31 August 2018.</dislike id='1'>") + f"\n### Step 2\n{STEP2}",
+         r"step 1: extra_tag: the tag of dislike 1"),
+        (lambda: f"### Step 1\n{_tagged(STEP1, {2})}", r"step_count: expected 2 steps, got 1"),
+        (lambda: "I improved it: " + STEP2, r"format: no '### Step k' headers"),
+        (lambda: f"### Step 1\n{_tagged(STEP1, {2})}\n### Step 2\n{STEP2}", r"step 2: dropped_tag: like tags \[3\]"),
+        (lambda: f"### Step 1\n<dislike id='2'>unclosed {STEP1}\n### Step 2\n{STEP2}", r"step 1: bad_tags"),
+    ],
+    ids=["dropped-tag", "extra-tag", "missing-step", "no-headers", "dropped-like-tag", "unclosed-tag"],
+)  # fmt: skip
+def test_paper_replies_that_break_the_format_are_rejected(reply, reason):
+    texts, got = build_rewriter("paper").parse(_ctx(), reply(), "stop")
+    assert texts == []
+    assert __import__("re").search(reason, got), got
+
+
+@pytest.mark.parametrize(
+    ("step1", "code"),
+    [
+        # fixes dislike 1 and, in the same step, rewords the liked sentence 40+ characters away
+        (STEP1.replace("good reviews", "great reviews"), "two_edits"),
+        (A0.replace("Bloom is the second album", "Bloom is the 2nd album"), "far_from_span"),
+        (A0[: D1 + 10], "truncated"),
+        ("", "empty"),
+    ],
+    ids=["two-edits", "far-from-span", "truncated", "empty"],
+)  # fmt: skip
+def test_paper_steps_that_are_not_one_local_edit_are_rejected(step1, code):
+    check = check_chain(A0, [step1, step1], _ctx().dislikes, _ctx().likes, ValidationConfig(slack=5))
+    assert not check.ok
+    assert check.reason.startswith(f"step 1: {code}"), check.reason
+
+
+def test_a_step_that_alters_a_liked_span_is_rejected_or_warned():
+    liked = [schema.Span(9, 0, A0.index(" It was"), "like")]  # the first sentence, right before dislike 1
+    step1 = A0.replace("Troye Sivan. It was released in 2018.", "Troye Sivan, released on 31 August 2018.")
+    step2 = step1.replace("Ariana Grande was released on 13 June.", "Its fourth single came out on 13 June.")
+    check = check_chain(A0, [step1, step2], _ctx().dislikes, liked)
+    assert not check.ok and check.reason.startswith("step 1: liked_span_changed"), check.reason
+    warned = check_chain(A0, [step1, step2], _ctx().dislikes, liked, ValidationConfig(liked_spans="warn"))
+    assert warned.ok and warned.warnings
+
+
+def test_split_steps_accepts_common_header_styles():
+    reply = "Step 1:\nfirst\n**Step 2**\nsecond\n## step 3\nthird"
+    assert split_steps(reply) == [(1, "first"), (2, "second"), (3, "third")]
+
+
+def test_sentence_window_widens_to_the_sentence_and_respects_the_cap():
+    text = "One two. Three four five six. Seven."
+    start = text.index("four")
+    assert text[slice(*sentence_window(text, start, start + 4, 400))] == "Three four five six."
+    w = sentence_window(text, start, start + 4, 10)
+    assert text[w[0] : w[1]] in ("four five", "Three four", "four")
+    assert w[0] <= start and w[1] >= start + 4
+
+
+def test_clean_passage():
+    assert clean_passage("```\nRewritten passage: \"It came out in 2018.\"\n```") == "It came out in 2018."
+    assert clean_passage("<dislike id='1'>Fixed text.</dislike id='1'>") == "Fixed text."
+    assert clean_passage("  DELETE ") == "DELETE"
+
+
+def _local_state():
+    ctx = _ctx()
+    return _LocalState(ctx, ctx.a0, list(ctx.dislikes), list(ctx.likes))
+
+
+def test_local_rewrite_is_spliced_and_later_spans_reanchored():
+    rw = build_rewriter("local")
+    s = _local_state()
+    w = sentence_window(s.text, s.pending[0].start, s.pending[0].end, 400)
+    rw._apply(s, *w, Completion("It was released on 31 August 2018.", 10, 9, "stop"))
+    assert s.texts == [STEP1] and not s.rejected
+    nxt = s.pending[0]
+    assert s.text[nxt.start : nxt.end] == "Ariana Grande was released on 13 June."
+    w = sentence_window(s.text, nxt.start, nxt.end, 400)
+    rw._apply(s, *w, Completion("DELETE", 10, 1, "stop"))
+    assert s.texts[-1] == STEP1.replace(" Ariana Grande was released on 13 June.", "")
+    assert s.pending == [] and s.likes[0].start == s.text.index("The album got good reviews.")
+
+
+@pytest.mark.parametrize(
+    ("reply", "finish", "code"),
+    [("", "stop", "empty"), ("It was released in", "length", "truncated"), ("It was released in 2018.", "stop", "no_change")],
+)  # fmt: skip
+def test_local_bad_replies_are_retried_then_rejected(reply, finish, code):
+    rw = build_rewriter("local", max_attempts=2)
+    s = _local_state()
+    w = sentence_window(s.text, s.pending[0].start, s.pending[0].end, 400)
+    for attempt in (1, 2):
+        s.attempts += 1
+        rw._apply(s, *w, Completion(reply, 10, 3, finish))
+        assert s.rejected == (attempt == 2)
+    assert s.reason.startswith(f"step 1: {code}"), s.reason
+    assert s.texts == []
