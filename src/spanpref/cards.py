@@ -104,6 +104,7 @@ def render_dataset_card(
         except Exception:  # a card is still worth writing without labels
             taxonomy = None
         reason_table = format_reason_table(stats, taxonomy)
+    chain_table = _chain_table(repo) if schema.CHAINS in config_names else ""
     example = next((n for n in (schema.PAIRS_STEPWISE, schema.ANNOTATIONS) if n in config_names),
                    config_names[0] if config_names else "")  # fmt: skip
     return _template().render(
@@ -118,9 +119,31 @@ def render_dataset_card(
         table1=format_table1(stats) if stats else "",
         taxonomy_key=taxonomy_key,
         reason_table=reason_table,
+        chain_table=chain_table,
         sources=_sources(repo, config_names),
         caveats=_caveats(repo, config_names, stats),
     )
+
+
+def _chain_table(repo: Any) -> str:
+    from spanpref.chains.validate import summarize_chains
+
+    lines = ["| rewriter | model | chains | valid | validity | mean steps | mean edit (chars) | output tokens / valid chain "
+             "| top reject reasons |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    rows = repo.read(schema.CHAINS)
+    models = {}
+    for r in rows:
+        models.setdefault(r["rewriter"], set()).add(r["model"])
+
+    def num(v: float | None, fmt: str) -> str:
+        return "–" if v is None else format(v, fmt)
+
+    for rewriter, st in summarize_chains(rows).items():
+        reasons = ", ".join(f"{k} ({n})" for k, n in sorted(st["reject_reasons"].items(), key=lambda kv: -kv[1])[:4])
+        lines.append(f"| {rewriter} | {', '.join(sorted(models.get(rewriter, [])))} | {st['chains']} | {st['valid']} | "
+                     f"{st['validity_rate']:.1%} | {num(st['mean_steps'], '.2f')} | {num(st['mean_edit_size'], '.1f')} | "
+                     f"{num(st['tokens']['completion_per_valid_chain'], '.0f')} | {reasons or '–'} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _count(repo: Any, config: str, split: str) -> int:

@@ -37,8 +37,9 @@ def find_free_port(host: str = "127.0.0.1") -> int:
 class LlamaServer:
     """Start/stop an xllamacpp server for `gguf_path` (default: the bundled SmolLM2 GGUF) in a child process.
 
-    `n_parallel` is the number of requests llama.cpp decodes together (continuous batching); with more than one,
-    the KV cache is unified so every slot may use the full `n_ctx`.
+    `n_parallel` is the number of requests llama.cpp decodes together (continuous batching); each of them gets its own
+    `n_ctx` tokens of context. A prompt longer than that is refused with HTTP 400; a completion that runs into the
+    limit stops with finish_reason "length".
     """
 
     def __init__(
@@ -133,6 +134,8 @@ class LlamaServer:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
+        # No proxies: an HTTP(S)_PROXY from the environment must not intercept a probe of our own loopback server.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
@@ -141,7 +144,7 @@ class LlamaServer:
                 )
             try:
                 # /health answers 503 while the model loads and 200 once requests can be served.
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                with opener.open(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -190,12 +193,14 @@ def build_params(gguf_path: str | Path, host: str, port: int, n_ctx: int, n_thre
 
     params = xllamacpp.CommonParams()
     params.model.path = str(gguf_path)
-    params.n_ctx = n_ctx
+    # n_ctx is per request: llama.cpp splits its context evenly between slots, so give it n_ctx for each. A unified
+    # KV cache would let slots share one pool instead, but then cached prompts of idle slots fill it up and new
+    # requests fail mid-generation with HTTP 500 "Context size has been exceeded" (seen with 2 slots, 2048 tokens).
+    params.n_ctx = n_ctx * n_parallel
+    params.kv_unified = False
     params.cpuparams.n_threads = n_threads
     params.cpuparams_batch.n_threads = n_threads
     params.n_parallel = n_parallel
-    # Without a unified cache llama.cpp splits n_ctx evenly between slots, so parallelism would shrink the context.
-    params.kv_unified = n_parallel > 1
     params.hostnames = [host]
     params.port = port
     params.use_jinja = True  # apply the GGUF's own chat template to /v1/chat/completions
@@ -234,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--gguf", default=None, help="GGUF file to serve (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--host", default="127.0.0.1", help="Interface to bind; keep 127.0.0.1 unless you mean it")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--n-ctx", type=int, default=2048, help="Context length (tokens), shared by all slots")
+    parser.add_argument("--port", type=int, default=8080, help="Port to listen on")
+    parser.add_argument("--n-ctx", type=int, default=2048, help="Context length (tokens) per parallel request")
     parser.add_argument("--n-threads", type=int, default=2, help="CPU threads for decoding")
     parser.add_argument("--n-parallel", type=int, default=1, help="Requests decoded together (continuous batching)")
     parser.add_argument("--exit-with-parent", action="store_true", help="Exit when the parent process goes away")

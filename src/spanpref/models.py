@@ -136,13 +136,17 @@ def prepare_default_model(cache_dir: str | Path | None = None, force: bool = Fal
         return target
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("converting %s into %s (once; takes ~30 s on CPU)", gguf.name, target)
+    logger.info("converting %s into %s (once; about a minute on 2 CPU cores)", gguf.name, target)
     started = time.perf_counter()
     # Not mkdtemp: its private 0700 mode would stick to the model folder after the rename.
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         _convert_gguf(gguf, tmp)
+        if not force and _is_current(target, gguf):
+            # Another process finished the same conversion while we worked; keep its folder, which may be in use.
+            logger.info("another process prepared %s concurrently; using it", target)
+            return target
         if target.exists():
             # Stale, forced or interrupted: move it aside first, since a directory cannot be renamed over a non-empty one.
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"

@@ -53,7 +53,8 @@ class LoopbackInferenceClient(InferenceClient):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._loopback_session = httpx2.Client(follow_redirects=True)
+        # trust_env=False: proxy settings from the environment are meant for the outside world, not this machine.
+        self._loopback_session = httpx2.Client(follow_redirects=True, trust_env=False)
 
     def _inner_post(self, request_parameters, *, stream: bool = False):  # overrides a private method (hub pinned)
         if stream or not is_loopback(request_parameters.url):
