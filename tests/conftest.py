@@ -44,5 +44,6 @@ def start_llama_server() -> Iterator[Callable[..., LlamaServer]]:
 
 @pytest.fixture(scope="session")
 def llama_server(start_llama_server: Callable[..., LlamaServer]) -> LlamaServer:
-    """One shared server; two slots so that concurrent requests are actually decoded together."""
-    return start_llama_server(n_parallel=2)
+    """One shared server. Two slots, so concurrent requests are really decoded together; no prompt cache, so a
+    seeded request sent one at a time gives the same text whichever tests ran before it (resume tests rely on it)."""
+    return start_llama_server(n_parallel=2, cache_prompt=False)

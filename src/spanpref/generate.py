@@ -163,8 +163,9 @@ def _merge(repo: DatasetRepo, stage: str, config_name: str, items: list[WorkItem
         extra[rel] = "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures)
         failures_path = str(repo.path / rel)
     if new_rows or extra:
-        existing = repo.read(config_name) if repo.has(config_name) else []
-        repo.write({config_name: existing + new_rows}, extra_files=extra)
+        rows = (repo.read(config_name) if repo.has(config_name) else []) + new_rows
+        # with nothing generated yet, only the failures are written (a config cannot be empty)
+        repo.write({config_name: rows} if rows else {}, extra_files=extra)
     return len(new_rows), failures_path
 
 

@@ -40,6 +40,12 @@ class LlamaServer:
     `n_parallel` is the number of requests llama.cpp decodes together (continuous batching); each of them gets its own
     `n_ctx` tokens of context. A prompt longer than that is refused with HTTP 400; a completion that runs into the
     limit stops with finish_reason "length".
+
+    `cache_prompt=False` makes every request process its prompt from scratch: slower, but a seeded request then gives
+    the same text whatever the server computed before. With the cache on, a request that reuses part of an earlier
+    prompt evaluates the rest in a differently shaped batch, and llama.cpp does not promise bit-identical logits then,
+    so a resumed run may sample differently from an uninterrupted one. Concurrent requests on several slots have the
+    same caveat.
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class LlamaServer:
         n_threads: int = 2,
         n_parallel: int = 1,
         host: str = "127.0.0.1",
+        cache_prompt: bool = True,
         startup_timeout: float = 120.0,
         log_path: str | Path | None = None,
     ) -> None:
@@ -66,6 +73,7 @@ class LlamaServer:
         self.n_threads = n_threads
         self.n_parallel = n_parallel
         self.host = host
+        self.cache_prompt = cache_prompt
         self.startup_timeout = startup_timeout
         self._own_log = log_path is None
         self.log_path = Path(log_path) if log_path is not None else None
@@ -105,6 +113,7 @@ class LlamaServer:
             "--n-parallel",
             str(self.n_parallel),
             "--exit-with-parent",
+            *([] if self.cache_prompt else ["--no-cache-prompt"]),
         ]
 
     def start(self) -> LlamaServer:
@@ -188,19 +197,28 @@ class LlamaServer:
         self.stop()
 
 
-def build_params(gguf_path: str | Path, host: str, port: int, n_ctx: int, n_threads: int, n_parallel: int):
+def build_params(
+    gguf_path: str | Path,
+    host: str,
+    port: int,
+    n_ctx: int,
+    n_threads: int,
+    n_parallel: int,
+    cache_prompt: bool = True,
+):
     import xllamacpp
 
     params = xllamacpp.CommonParams()
     params.model.path = str(gguf_path)
     # n_ctx is per request: llama.cpp splits its context evenly between slots, so give it n_ctx for each. A unified
-    # KV cache would let slots share one pool instead, but then cached prompts of idle slots fill it up and new
-    # requests fail mid-generation with HTTP 500 "Context size has been exceeded" (seen with 2 slots, 2048 tokens).
+    # KV cache (one pool shared by all slots) fails concurrent requests mid-generation with HTTP 500 "Context size
+    # has been exceeded" as soon as they jointly outgrow it (two 1,100-token prompts in a 2,048-token pool).
     params.n_ctx = n_ctx * n_parallel
     params.kv_unified = False
     params.cpuparams.n_threads = n_threads
     params.cpuparams_batch.n_threads = n_threads
     params.n_parallel = n_parallel
+    params.cache_prompt = cache_prompt
     params.hostnames = [host]
     params.port = port
     params.use_jinja = True  # apply the GGUF's own chat template to /v1/chat/completions
@@ -215,6 +233,7 @@ def serve(
     n_threads: int = 2,
     n_parallel: int = 1,
     exit_with_parent: bool = False,
+    cache_prompt: bool = True,
 ) -> None:
     """Serve in this process until SIGTERM/SIGINT (or, with `exit_with_parent`, until the parent process dies)."""
     import xllamacpp
@@ -223,7 +242,7 @@ def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     parent = os.getppid()
-    server = xllamacpp.Server(build_params(gguf_path, host, port, n_ctx, n_threads, n_parallel))
+    server = xllamacpp.Server(build_params(gguf_path, host, port, n_ctx, n_threads, n_parallel, cache_prompt))
     logger.info("serving %s at http://%s:%d/v1", gguf_path, host, port)
     # The parent check keeps a crashed test run or notebook from leaving an orphan server holding CPU and a port.
     while not stop.wait(timeout=1.0):
@@ -243,6 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-ctx", type=int, default=2048, help="Context length (tokens) per parallel request")
     parser.add_argument("--n-threads", type=int, default=2, help="CPU threads for decoding")
     parser.add_argument("--n-parallel", type=int, default=1, help="Requests decoded together (continuous batching)")
+    parser.add_argument(
+        "--no-cache-prompt",
+        action="store_true",
+        help="Process every prompt from scratch (slower; seeded outputs then do not depend on earlier requests)",
+    )
     parser.add_argument("--exit-with-parent", action="store_true", help="Exit when the parent process goes away")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -250,7 +274,16 @@ def main(argv: list[str] | None = None) -> None:
         from spanpref.models import default_gguf_path
 
         args.gguf = default_gguf_path()
-    serve(args.gguf, args.host, args.port, args.n_ctx, args.n_threads, args.n_parallel, args.exit_with_parent)
+    serve(
+        args.gguf,
+        args.host,
+        args.port,
+        args.n_ctx,
+        args.n_threads,
+        args.n_parallel,
+        args.exit_with_parent,
+        cache_prompt=not args.no_cache_prompt,
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """One small interface for text generation, whether in-process (transformers) or over HTTP (OpenAI-compatible).
 
 A request is a list of chat messages (`{"role": ..., "content": ...}`); each request yields `config.n` completions.
-Sample `j` of every request is drawn with seed `config.seed + j` in both backends, so results do not depend on how
-requests are batched or scheduled, and a resumed run regenerates exactly what an uninterrupted run would have.
+Sample `j` of every request is drawn with seed `config.seed + j` in both backends, never from a stream shared with
+other requests. In-process, results therefore do not depend on batching, and a resumed run regenerates what an
+uninterrupted run would have. A server gives that guarantee only if it computes a request the same way every time
+(llama.cpp: prompt cache off and one request at a time, see `spanpref.llama_server.LlamaServer`).
 """
 
 from __future__ import annotations
