@@ -9,7 +9,6 @@ import datasets
 import pytest
 
 from spanpref import schema
-from spanpref.generate import _truncate
 from spanpref.importers.qa_feedback import import_qa_feedback, load_qa_feedback_records
 from spanpref.pairs import (
     PAIR_BUILDERS,
@@ -21,6 +20,7 @@ from spanpref.pairs import (
     get_pair_builder,
 )
 from spanpref.prompts import load_prompt
+from spanpref.prompts import truncate_text as _truncate
 from spanpref.repo import DatasetRepo
 
 N_QUERIES = 10

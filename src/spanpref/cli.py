@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from spanpref.generate import QueryGenerationConfig, ResponseGenerationConfig
+
 logger = logging.getLogger("spanpref")
 
 
@@ -286,42 +288,32 @@ class BackendArgs:
                                 seed=self.seed)  # fmt: skip
 
 
+def _fields_of(cls: type, args: Any) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+
+
 @dataclass(kw_only=True)
-class GenerateQueriesArgs(BackendArgs):
+class GenerateQueriesArgs(BackendArgs, QueryGenerationConfig):
     folder: str = _arg("dataset repo folder with a documents config", positional=True)
-    n_queries: int = _arg("queries per document", default=5)
-    prompt: str = _arg("prompt name under recipes/prompts or a .txt file", default="generate_queries")
-    max_attempts: int = _arg("model calls per document before it is recorded as failed", default=3)
-    min_words: int = _arg("drop shorter questions (they tend to be trivia)", default=6)
-    max_document_chars: int = _arg("cut documents to this many characters", default=6000)
-    limit: int | None = _arg("only the first N documents", default=None)
     temperature: float = _arg("sampling temperature", default=0.7)
+
+
+@dataclass(kw_only=True)
+class GenerateResponsesArgs(BackendArgs, ResponseGenerationConfig):
+    folder: str = _arg("dataset repo folder with documents and queries configs", positional=True)
 
 
 def run_generate_queries(args: GenerateQueriesArgs) -> None:
     from spanpref.generate import QueryGenerationConfig, generate_queries
 
-    cfg = QueryGenerationConfig(n_queries=args.n_queries, prompt=args.prompt, max_attempts=args.max_attempts,
-                                min_words=args.min_words, max_document_chars=args.max_document_chars,
-                                limit=args.limit)  # fmt: skip
+    cfg = QueryGenerationConfig(**_fields_of(QueryGenerationConfig, args))
     print(generate_queries(args.folder, args.build(), args.generation_config(), cfg).summary())
-
-
-@dataclass(kw_only=True)
-class GenerateResponsesArgs(BackendArgs):
-    folder: str = _arg("dataset repo folder with documents and queries configs", positional=True)
-    n_responses: int = _arg("independent responses per query (K)", default=2)
-    prompt: str = _arg("prompt name under recipes/prompts or a .txt file", default="generate_responses")
-    max_attempts: int = _arg("model calls per response before it is recorded as failed", default=3)
-    max_document_chars: int = _arg("cut documents to this many characters", default=6000)
-    limit: int | None = _arg("only the first N queries", default=None)
 
 
 def run_generate_responses(args: GenerateResponsesArgs) -> None:
     from spanpref.generate import ResponseGenerationConfig, generate_responses
 
-    cfg = ResponseGenerationConfig(n_responses=args.n_responses, prompt=args.prompt, max_attempts=args.max_attempts,
-                                   max_document_chars=args.max_document_chars, limit=args.limit)  # fmt: skip
+    cfg = ResponseGenerationConfig(**_fields_of(ResponseGenerationConfig, args))
     print(generate_responses(args.folder, args.build(), args.generation_config(), cfg).summary())
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig, GenerationError
 from spanpref.journal import Journal
-from spanpref.prompts import load_prompt
+from spanpref.prompts import load_prompt, truncate_text
 from spanpref.repo import DatasetRepo, RepoError, open_repo
 
 logger = logging.getLogger(__name__)
@@ -229,10 +229,6 @@ class QueryGenerationConfig:
     limit: int | None = field(default=None, metadata={"help": "only the first N documents"})
 
 
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " […]"
-
-
 def generate_queries(
     folder: str, backend: Backend, gen: GenerationConfig, cfg: QueryGenerationConfig | None = None
 ) -> StageReport:
@@ -255,7 +251,7 @@ def generate_queries(
         if len(generated.get(d["doc_id"], [])) >= cfg.n_queries:
             continue
         messages = prompt.messages(domain=d["domain"], title=d["title"], n=cfg.n_queries,
-                                   text=_truncate(d["text"], cfg.max_document_chars))  # fmt: skip
+                                   text=truncate_text(d["text"], cfg.max_document_chars))  # fmt: skip
         items.append(WorkItem(d["doc_id"], messages, {"doc_id": d["doc_id"]}))
     skipped = len(docs) - len(items)
 
@@ -315,7 +311,9 @@ def generate_responses(
     slug = _slug(backend.model_id)
     items = []
     for q in queries:
-        messages = prompt.messages(text=_truncate(docs[q["doc_id"]]["text"], cfg.max_document_chars), query=q["query"])
+        messages = prompt.messages(
+            text=truncate_text(docs[q["doc_id"]]["text"], cfg.max_document_chars), query=q["query"]
+        )
         for j in range(cfg.n_responses):
             rid = f"{q['query_id']}-{slug}-s{j}"
             if rid not in done:

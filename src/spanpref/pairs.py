@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from spanpref import schema
-from spanpref.generate import _truncate
-from spanpref.prompts import load_prompt
+from spanpref.prompts import load_prompt, truncate_text
 from spanpref.repo import open_repo
 
 logger = logging.getLogger(__name__)
@@ -406,7 +405,7 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
             q = queries.get(query_id)
             if q is None or q["doc_id"] not in documents:
                 raise ValueError(f"query {query_id!r} or its document is missing from {folder}")
-            text = _truncate(documents[q["doc_id"]]["text"], cfg.max_document_chars)
+            text = truncate_text(documents[q["doc_id"]]["text"], cfg.max_document_chars)
             cache[query_id] = prompt.messages(text=text, query=q["query"])
         return [dict(m) for m in cache[query_id]]
 

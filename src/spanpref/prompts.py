@@ -46,6 +46,11 @@ class PromptTemplate:
         ]
 
 
+def truncate_text(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters on a word boundary, marked with " […]" when cut."""
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " […]"
+
+
 def parse_prompt(text: str, name: str) -> PromptTemplate:
     parts = _SECTION.split(text)
     if parts[0].strip():

@@ -28,7 +28,7 @@ from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig
 from spanpref.chains.validate import ValidationConfig, check_chain, check_step, reanchor
 from spanpref.markup import MarkupError, parse_markup, render_markup
-from spanpref.prompts import PromptTemplate, load_prompt, parse_prompt
+from spanpref.prompts import PromptTemplate, load_prompt, parse_prompt, truncate_text
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +82,6 @@ def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, Promp
     cfg = RewriterConfig(**data)
     prompt_path = folder / cfg.prompt
     return cfg, parse_prompt(prompt_path.read_text(encoding="utf-8"), f"rewriters/{folder.name}")
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " […]"
 
 
 def _estimate_tokens(text: str) -> int:
@@ -160,7 +156,7 @@ class PaperRewriter(Rewriter):
             shown.append(replace(s, span_id=k))
         reasons = "\n".join(f"- {s.polarity} {k}: {ctx.reason_labels.get(ids[k], '')}" for k, s in
                             zip(ids, shown, strict=True))  # fmt: skip
-        messages = self.prompt.messages(query=ctx.query, document=_truncate(ctx.document, self.config.max_document_chars),
+        messages = self.prompt.messages(query=ctx.query, document=truncate_text(ctx.document, self.config.max_document_chars),
                                         tagged_response=render_markup(ctx.a0, shown), reasons=reasons)  # fmt: skip
         return messages, ids
 
@@ -303,7 +299,7 @@ class LocalRewriter(Rewriter):
         passage = render_markup(text[w_start:w_end], [replace(marked, start=span.start - w_start,
                                                                      end=span.end - w_start)])  # fmt: skip
         messages = self.prompt.messages(
-            query=ctx.query, document=_truncate(ctx.document, self.config.max_document_chars),
+            query=ctx.query, document=truncate_text(ctx.document, self.config.max_document_chars),
             tagged_response=render_markup(text, [marked]), reasons=ctx.reason_labels.get(span.span_id, ""),
             passage=passage,
         )  # fmt: skip
