@@ -129,14 +129,28 @@ def test_sentence_window_widens_to_the_sentence_and_respects_the_cap():
 
 
 def test_clean_passage():
-    assert clean_passage("```\nRewritten passage: \"It came out in 2018.\"\n```") == "It came out in 2018."
-    assert clean_passage("<dislike id='1'>Fixed text.</dislike id='1'>") == "Fixed text."
-    assert clean_passage("  DELETE ") == "DELETE"
+    assert clean_passage('```\nRewritten passage: "It came out in 2018."\n```') == ("It came out in 2018.", False)
+    assert clean_passage("<dislike id='1'>Fixed text.</dislike id='1'>") == ("Fixed text.", False)
+    assert clean_passage("  DELETE ") == ("DELETE", False)
+    # a one-line passage followed by the model's comment: the comment is cut off
+    reply = "It came out in 2018.\n\nThe author has rewritten the passage to make it clearer."
+    assert clean_passage(reply, single_line=True) == ("It came out in 2018.", True)
+    assert clean_passage(reply)[0] == reply
 
 
 def _local_state():
     ctx = _ctx()
     return _LocalState(ctx, ctx.a0, list(ctx.dislikes), list(ctx.likes))
+
+
+def test_a_comment_after_the_passage_is_dropped_even_at_the_token_limit():
+    rw = build_rewriter("local")
+    s = _local_state()
+    w = sentence_window(s.text, s.pending[0].start, s.pending[0].end, 400)
+    rw._apply(
+        s, *w, Completion("It was released on 31 August 2018.\nThis rewrite makes the date more", 10, 40, "length")
+    )
+    assert s.texts == [STEP1] and not s.rejected
 
 
 def test_local_rewrite_is_spliced_and_later_spans_reanchored():
@@ -155,7 +169,8 @@ def test_local_rewrite_is_spliced_and_later_spans_reanchored():
 
 @pytest.mark.parametrize(
     ("reply", "finish", "code"),
-    [("", "stop", "empty"), ("It was released in", "length", "truncated"), ("It was released in 2018.", "stop", "no_change")],
+    [("", "stop", "empty"), ("It was released in", "length", "truncated"), ("It was released in 2018.", "stop", "no_change"),
+     ("It was released in 2018.\nI kept it as it was, since", "length", "no_change")],
 )  # fmt: skip
 def test_local_bad_replies_are_retried_then_rejected(reply, finish, code):
     rw = build_rewriter("local", max_attempts=2)

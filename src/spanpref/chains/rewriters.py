@@ -263,17 +263,24 @@ DELETE = "DELETE"  # the reply that removes the whole passage (an empty reply is
 _PREFIX = re.compile(r"^\s*(?:#+\s*)?(?:rewritten passage|passage|rewrite|answer|here is[^:\n]*)\s*:\s*", re.I)
 
 
-def clean_passage(reply: str) -> str:
-    """The passage from a reply: no code fences, no 'Rewritten passage:' lead-in, no echoed tags or quotes."""
+def clean_passage(reply: str, single_line: bool = False) -> tuple[str, bool]:
+    """The passage from a reply: no code fences, no 'Rewritten passage:' lead-in, no echoed tags or quotes.
+
+    With `single_line` (the passage had no line break) only the first line is kept: small models often add a
+    comment or a second copy after the passage. Returns (passage, whether anything after it was cut off).
+    """
     text = reply.strip()
     fence = re.fullmatch(r"```[a-z]*\n?(.*?)\n?```", text, re.S)
     if fence:
         text = fence.group(1).strip()
     text = _PREFIX.sub("", text, count=1).strip()
+    cut = False
+    if single_line and "\n" in text:
+        text, cut = text.split("\n", 1)[0].strip(), True
     text = re.sub(r"</?(?:like|dislike)(?:\s+id\s*=\s*['\"‘’“”]?\w*['\"‘’“”]?)?\s*>", "", text)
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
         text = text[1:-1].strip()
-    return text
+    return text, cut
 
 
 @dataclass
@@ -342,7 +349,7 @@ class LocalRewriter(Rewriter):
 
     def _apply(self, s: _LocalState, w_start: int, w_end: int, completion: Completion) -> None:
         step = len(s.texts) + 1
-        passage = clean_passage(completion.text)
+        passage, cut = clean_passage(completion.text, single_line="\n" not in s.text[w_start:w_end])
         delete = passage.strip().upper().rstrip(".") == DELETE
         reason = ""
         if not passage:
@@ -352,8 +359,8 @@ class LocalRewriter(Rewriter):
             if delete:  # the whole passage removed: keep one space between its neighbours
                 before, after = s.text[:w_start].rstrip(" "), s.text[w_end:].lstrip(" ")
                 new_text = before + (" " if before and after and not after.startswith("\n") else "") + after
-            if completion.finish_reason == "length":
-                reason = "truncated: the reply hit the token limit"
+            if completion.finish_reason == "length" and not cut:
+                reason = "truncated: the reply hit the token limit inside the passage"
             else:
                 check = check_step(s.text, new_text, s.pending[0], s.likes, self.validation)
                 if check.ok:
