@@ -170,7 +170,8 @@ def test_local_rewrite_is_spliced_and_later_spans_reanchored():
 @pytest.mark.parametrize(
     ("reply", "finish", "code"),
     [("", "stop", "empty"), ("It was released in", "length", "truncated"), ("It was released in 2018.", "stop", "no_change"),
-     ("It was released in 2018.\nI kept it as it was, since", "length", "no_change")],
+     ("It was released in 2018.\nI kept it as it was, since", "length", "no_change"),
+     ("Rearranging the sentence makes it clearer.", "stop", "task_talk")],
 )  # fmt: skip
 def test_local_bad_replies_are_retried_then_rejected(reply, finish, code):
     rw = build_rewriter("local", max_attempts=2)

@@ -259,6 +259,11 @@ def sentence_window(text: str, start: int, end: int, max_chars: int) -> tuple[in
     return w_start, w_end
 
 
+# Words of the task itself: a small model that answers "I rewrote the passage to ..." talks about the task
+# instead of doing it. A reply using one that the original passage did not use is rejected.
+_TASK_WORDS = re.compile(
+    r"\b(?:passage|disliked?|rewrit\w*|rearrang\w*|the (?:whole |entire )?answer|marked|the reader)\b", re.I
+)
 DELETE = "DELETE"  # the reply that removes the whole passage (an empty reply is rejected as empty)
 _PREFIX = re.compile(r"^\s*(?:#+\s*)?(?:rewritten passage|passage|rewrite|answer|here is[^:\n]*)\s*:\s*", re.I)
 
@@ -354,6 +359,8 @@ class LocalRewriter(Rewriter):
         reason = ""
         if not passage:
             reason = "empty: the reply had no passage" + (" (only tags or quotes)" if completion.text.strip() else "")
+        elif (m := _TASK_WORDS.search(passage)) and not _TASK_WORDS.search(s.text[w_start:w_end]):
+            reason = f"task_talk: the reply talks about the task ({m.group(0)!r}) instead of rewriting"
         if not reason:
             new_text = s.text[:w_start] + passage + s.text[w_end:]
             if delete:  # the whole passage removed: keep one space between its neighbours
