@@ -34,7 +34,8 @@ format:
 	ruff format src tests scripts spaces benchmarks
 
 bench:
-	$(TEST_ENV) $(PYTHON) benchmarks/markup.py
+	$(PYTHON) benchmarks/generation.py --repeats 3
+	$(PYTHON) benchmarks/chains.py --examples 30
 
 clean:
 	rm -rf outputs .pytest_cache build src/*.egg-info
