@@ -129,24 +129,10 @@ def test_open_repo_errors(tmp_path):
         repo.read(schema.QUERIES)
 
 
-class RecordingHfApi:
-    """Stands in for the Hub's upload API (no local server accepts uploads); records every call."""
-
-    def __init__(self):
-        self.calls = []
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-
-    def upload_folder(self, **kwargs):
-        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
-        return type("CommitInfo", (), {"commit_url": "https://hub.local/commit/1"})()
-
-
-def test_push_uploads_the_folder_unchanged(tmp_path):
+def test_push_uploads_the_folder_unchanged(tmp_path, hub_api):
     repo = DatasetRepo(tmp_path / "r")
     repo.write({schema.DOCUMENTS: _docs(1)})
-    api = RecordingHfApi()
+    api = hub_api
     url = push_repo(repo.path, "org/feedback", private=True, token="hf_test", api=api)
     assert url == "https://hub.local/commit/1"
     (c_name, c_id, c_kw), (u_name, u_id, u_kw) = api.calls
@@ -158,13 +144,13 @@ def test_push_uploads_the_folder_unchanged(tmp_path):
     assert "documents" in u_kw["commit_message"]
 
 
-def test_push_without_token_says_what_to_do(tmp_path, monkeypatch):
+def test_push_without_token_says_what_to_do(tmp_path, monkeypatch, hub_api):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no saved token either
     repo = DatasetRepo(tmp_path / "r")
     repo.write({schema.DOCUMENTS: _docs(1)})
     with pytest.raises(HubAuthError, match=r"no Hugging Face token: run `hf auth login` \(or set HF_TOKEN\)"):
-        push_repo(repo.path, "org/feedback", api=RecordingHfApi())
+        push_repo(repo.path, "org/feedback", api=hub_api)
 
 
 def test_empty_splits_are_not_written_and_empty_configs_refused(tmp_path):

@@ -1,7 +1,10 @@
-"""Dataset cards rendered from the templates in dataset_cards/, with statistics computed from the data."""
+"""Cards rendered from the templates in dataset_cards/: dataset cards with statistics computed from the data, and
+model cards that say how a model was trained."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 from importlib import resources
 from typing import Any
@@ -36,8 +39,9 @@ DESCRIPTIONS = {
 KEPT_META = ("pretty_name", "license", "language", "task_categories", "tags", "size_categories", "description")
 
 
-def _template() -> jinja2.Template:
-    text = (resources.files("spanpref") / "dataset_cards" / "dataset_card.md.j2").read_text(encoding="utf-8")
+def load_card_template(name: str = "dataset_card.md.j2") -> jinja2.Template:
+    """A card template from dataset_cards/ (dataset repos, and trained models)."""
+    text = (resources.files("spanpref") / "dataset_cards" / name).read_text(encoding="utf-8")
     return jinja2.Environment(keep_trailing_newline=True, trim_blocks=False, autoescape=False).from_string(text)
 
 
@@ -107,7 +111,7 @@ def render_dataset_card(
     chain_table = _chain_table(repo) if schema.CHAINS in config_names else ""
     example = next((n for n in (schema.PAIRS_STEPWISE, schema.ANNOTATIONS) if n in config_names),
                    config_names[0] if config_names else "")  # fmt: skip
-    return _template().render(
+    return load_card_template().render(
         front_matter=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
         title=meta.get("pretty_name", title),
         description=meta.get("description", "Span-level feedback on model responses and what spanpref built from it."),
@@ -150,3 +154,89 @@ def _count(repo: Any, config: str, split: str) -> int:
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(repo.shards(config)[split]).metadata.num_rows
+
+
+METHODS = {"sigmoid": "DPO", "dpo_positive": "DPO-Positive", "apo_zero": "APO-zero", "apo_down": "APO-down"}
+CARD_METRICS = ("rewards/accuracies", "rewards/margins", "logps/accuracies", "logps/chosen", "logps/rejected", "loss")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_model_card(*, stage: str, base_model: str, script_args: Any, training_args: Any, model_args: Any, results: dict,
+                      world_size: int, dataset_revision: str) -> str:  # fmt: skip
+    """The model card of a training run: base model, data (repo, config, revision), loss, hyperparameters and the
+    validation metrics before and after training."""
+    import torch
+    import transformers
+    import trl
+
+    config = script_args.dataset_config or {"sft": "sft_full_rewrite"}.get(stage, "pairs_stepwise")
+    losses = list(getattr(training_args, "loss_type", None) or [])
+    method = "SFT" if stage == "sft" else " + ".join(METHODS.get(x, x) for x in losses)
+    loss = ""
+    if stage != "sft":
+        loss = ", ".join(losses) + f", β = {training_args.beta}"
+        if "dpo_positive" in losses:
+            loss += f", λ = {training_args.dpop_lambda}"
+    before, after = results.get("before") or {}, results.get("after") or {}
+    rows = [(name, _fmt(before.get(f"eval_{name}")), _fmt(after.get(f"eval_{name}")))
+            for name in CARD_METRICS if f"eval_{name}" in before or f"eval_{name}" in after]  # fmt: skip
+    adapters = "none (full fine-tuning)"
+    if model_args.use_peft:
+        adapters = f"LoRA r = {model_args.lora_r}, α = {model_args.lora_alpha}, dropout = {model_args.lora_dropout}"
+    base = str(base_model)
+    tags = ["spanpref", "trl", stage] + ([m.lower() for m in method.split(" + ")] if stage != "sft" else [])
+    meta = {"library_name": "peft" if model_args.use_peft else "transformers", "tags": tags,
+            "datasets": [script_args.dataset_name], "base_model": base}  # fmt: skip
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+    return load_card_template("model_card.md.j2").render(
+        meta_yaml=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True),
+        title=os.path.basename(os.path.normpath(training_args.output_dir)),
+        base_model_display=f"`{base}`",
+        method=method,
+        data_kind="SFT examples" if stage == "sft" else "preference pairs",
+        stage=stage,
+        base_model=base,
+        dataset=script_args.dataset_name,
+        dataset_config=config,
+        train_split=script_args.dataset_train_split,
+        eval_split=script_args.dataset_test_split,
+        train_examples=results.get("train_examples", "?"),
+        eval_examples=results.get("eval_examples", 0),
+        dataset_revision=dataset_revision,
+        loss=loss,
+        learning_rate=training_args.learning_rate,
+        lr_scheduler=getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
+        warmup_steps=training_args.warmup_steps,
+        epochs=training_args.num_train_epochs,
+        max_steps=training_args.max_steps,
+        global_batch=training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * world_size,
+        per_device_batch=training_args.per_device_train_batch_size,
+        grad_accum=training_args.gradient_accumulation_steps,
+        world_size=world_size,
+        max_length=training_args.max_length,
+        precision=precision,
+        adapters=adapters,
+        seed=training_args.seed,
+        spanpref_version=__version__,
+        trl_version=trl.__version__,
+        transformers_version=transformers.__version__,
+        torch_version=torch.__version__,
+        command=" ".join(sys.argv),
+        metrics_rows=rows,
+        seconds=_fmt(results.get("seconds")),
+        seconds_per_step=_fmt(results.get("seconds_per_step")),
+    )
+
+
+def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> str:
+    path = os.path.join(output_dir, "README.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_model_card(**kwargs))
+    return path

@@ -166,7 +166,12 @@ def prepare_default_model(cache_dir: str | Path | None = None, force: bool = Fal
 
 
 def resolve_model(name_or_path: str | None) -> str:
-    """Map None or "default" to the prepared default model folder; return any other Hub id or path unchanged."""
+    """Map None or "default" to the prepared default model folder and "spanpref/tiny-llama" to the tiny test model
+    (both built once into the user cache); return any other Hub id or path unchanged."""
     if name_or_path in DEFAULT_MODEL_ALIASES:
         return str(prepare_default_model())
+    from spanpref.training.tiny import TINY_MODEL_ID, prepare_tiny_model
+
+    if name_or_path == TINY_MODEL_ID:
+        return str(prepare_tiny_model())
     return name_or_path

@@ -311,6 +311,23 @@ def push_repo(
 ) -> str:
     """Upload a repo folder unchanged to the Hub as a dataset repo; returns the commit URL."""
     repo = open_repo(folder)
+    return push_folder(repo.path, repo_id, repo_type="dataset", private=private, token=token, revision=revision,
+                       commit_message=commit_message or f"spanpref: upload {', '.join(repo.config_names())}",
+                       api=api)  # fmt: skip
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    repo_type: str,
+    private: bool = False,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "spanpref: upload",
+    api: Any = None,
+) -> str:
+    """Create the Hub repo if needed and upload `folder` (hidden files left out); returns the commit URL."""
     from huggingface_hub import HfApi, get_token
 
     token = token or get_token()
@@ -320,14 +337,14 @@ def push_repo(
             "(https://huggingface.co/settings/tokens), then run the push again"
         )
     api = api or HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True, token=token)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, token=token)
     info = api.upload_folder(
-        folder_path=str(repo.path),
+        folder_path=str(folder),
         repo_id=repo_id,
-        repo_type="dataset",
+        repo_type=repo_type,
         revision=revision,
         token=token,
-        commit_message=commit_message or f"spanpref: upload {', '.join(repo.config_names())}",
+        commit_message=commit_message,
         ignore_patterns=[".*", "**/.*"],
     )
     return str(getattr(info, "commit_url", info))

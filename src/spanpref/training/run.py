@@ -1,0 +1,221 @@
+"""The one training body behind `scripts/sft.py` and `scripts/dpo.py`.
+
+A stage is a TRL trainer plus its config class; everything else is shared: loading the pair or SFT config of a
+dataset repo (a local folder written by `spanpref pairs`, or a Hub id), resolving the model (the bundled default, the
+tiny test model, or any id/path), LoRA from TRL's `ModelConfig`, resuming from the last checkpoint, validation
+metrics before and after, the resolved config saved beside the model, a model card, and the push.
+
+Run it as `accelerate launch [--config_file recipes/accelerate_configs/ddp.yaml] scripts/dpo.py --config RECIPE`
+(or `python -m spanpref.training.run dpo --config RECIPE`); flags override the recipe, unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("sft", "dpo")
+RESULTS_FILE = "spanpref_results.json"
+RESOLVED_CONFIG_FILE = "spanpref_run.yaml"
+
+
+@dataclass
+class ScriptArguments:
+    """Which data to train on; the rest comes from TRL's training config and ModelConfig."""
+
+    dataset_name: str = field(
+        default="outputs/demo",
+        metadata={"help": "dataset repo: a folder written by `spanpref pairs` or a Hub dataset id"},
+    )
+    dataset_config: str | None = field(
+        default=None,
+        metadata={"help": "config to train on, e.g. pairs_stepwise, pairs_ab, pairs_full_rewrite (dpo) or "
+                  "sft_full_rewrite (sft); default: pairs_stepwise for dpo, sft_full_rewrite for sft"},
+    )  # fmt: skip
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset repo"})
+    dataset_train_split: str = field(default="train", metadata={"help": "split to train on"})
+    dataset_test_split: str = field(
+        default="validation", metadata={"help": "split for validation metrics (skipped when the repo lacks it)"}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "train on the first N examples only"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "validate on the first N examples only"})
+    eval_before_training: bool = field(
+        default=True, metadata={"help": "also compute the validation metrics of the starting model"}
+    )
+
+
+# what the bundled default model is, for model cards (it is converted from this model's GGUF)
+DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_CONFIG = {"sft": "sft_full_rewrite", "dpo": "pairs_stepwise"}
+
+
+def stage_classes(stage: str) -> tuple[type, type]:
+    """(config class, trainer class) of a stage."""
+    if stage == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTConfig, SFTTrainer
+    if stage == "dpo":
+        from spanpref.training.trainer import SpanprefDPOConfig, SpanprefDPOTrainer
+
+        return SpanprefDPOConfig, SpanprefDPOTrainer
+    raise ValueError(f"unknown training stage {stage!r}; choose from {list(STAGES)}")
+
+
+def make_parser(stage: str):
+    from trl import ModelConfig, TrlParser
+
+    config_class, _ = stage_classes(stage)
+    return TrlParser((ScriptArguments, config_class, ModelConfig), prog=f"{stage}.py")
+
+
+def parse_args(stage: str, argv: list[str] | None = None) -> tuple[Any, Any, Any]:
+    """Parse `--config RECIPE` plus flag overrides; unknown keys in the recipe or the flags are errors."""
+    return make_parser(stage).parse_args_and_config(argv)
+
+
+def load_splits(script_args: ScriptArguments, stage: str):
+    """(train, validation or None) of the configured dataset; a missing config or split names what exists."""
+    import datasets
+
+    config = script_args.dataset_config or DEFAULT_CONFIG[stage]
+    try:
+        ds = datasets.load_dataset(script_args.dataset_name, config, revision=script_args.dataset_revision)
+    except ValueError as e:
+        raise ValueError(f"{script_args.dataset_name}: cannot load config {config!r}: {e}") from e
+    if script_args.dataset_train_split not in ds:
+        raise ValueError(f"{script_args.dataset_name} [{config}] has no split {script_args.dataset_train_split!r} "
+                         f"(it has {sorted(ds)}); run `spanpref pairs` with more data or other split proportions")  # fmt: skip
+    train = ds[script_args.dataset_train_split]
+    evaluation = ds.get(script_args.dataset_test_split)
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    if evaluation is not None and script_args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
+    if evaluation is None:
+        logger.warning("%s [%s] has no %r split: no validation metrics", script_args.dataset_name, config,
+                       script_args.dataset_test_split)  # fmt: skip
+    return train, evaluation
+
+
+def dataset_fingerprint(script_args: ScriptArguments, stage: str) -> str:
+    """What identifies the data: the Hub revision, or for a local folder its content-hashed shard names."""
+    if script_args.dataset_revision:
+        return script_args.dataset_revision
+    folder = Path(script_args.dataset_name)
+    config = script_args.dataset_config or DEFAULT_CONFIG[stage]
+    shards = sorted(p.name for p in (folder / "data" / config).glob("*.parquet")) if folder.is_dir() else []
+    return ", ".join(shards) or "main"
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def save_resolved_config(output_dir: str, stage: str, script_args, training_args, model_args) -> Path:
+    path = Path(output_dir) / RESOLVED_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    resolved = {
+        "stage": stage,
+        "command": " ".join(sys.argv),
+        "script": _jsonable(dataclasses.asdict(script_args)),
+        "model": _jsonable(dataclasses.asdict(model_args)),
+        "training": _jsonable(training_args.to_dict()),
+    }
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+
+
+def train(stage: str, script_args: ScriptArguments, training_args, model_args) -> dict[str, Any]:
+    """Train one stage; returns (and writes to `spanpref_results.json`) the metrics before and after."""
+    from trl import get_peft_config
+
+    from spanpref.models import DEFAULT_MODEL_ALIASES, resolve_model
+
+    config_class, trainer_class = stage_classes(stage)
+    if not isinstance(training_args, config_class):
+        raise TypeError(f"{stage} needs a {config_class.__name__}, got {type(training_args).__name__}")
+    requested = model_args.model_name_or_path
+    base_model = DEFAULT_BASE_MODEL if requested in DEFAULT_MODEL_ALIASES else requested
+    model_args.model_name_or_path = resolve_model(requested)
+    push, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, with our card, at the end
+    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}),
+                                       **({"dtype": model_args.dtype} if model_args.dtype else {}),
+                                       "revision": model_args.model_revision}  # fmt: skip
+    train_ds, eval_ds = load_splits(script_args, stage)
+    if eval_ds is None and training_args.eval_strategy != "no":
+        training_args.eval_strategy = "no"
+
+    trainer = trainer_class(model=model_args.model_name_or_path, args=training_args, train_dataset=train_ds,
+                            eval_dataset=eval_ds, peft_config=get_peft_config(model_args))  # fmt: skip
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        save_resolved_config(training_args.output_dir, stage, script_args, training_args, model_args)
+
+    results: dict[str, Any] = {"stage": stage, "train_examples": len(train_ds),
+                               "eval_examples": len(eval_ds) if eval_ds is not None else 0}  # fmt: skip
+    resume = training_args.resume_from_checkpoint or _last_checkpoint(training_args.output_dir)
+    if resume:
+        logger.info("resuming from %s", resume)
+    elif eval_ds is not None and script_args.eval_before_training:
+        results["before"] = trainer.evaluate()
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    results["train"] = train_result.metrics
+    results["seconds"] = time.perf_counter() - started
+    if trainer.state.global_step:
+        results["seconds_per_step"] = results["seconds"] / trainer.state.global_step
+    if eval_ds is not None:
+        results["after"] = trainer.evaluate()
+    trainer.save_model(training_args.output_dir)
+
+    if main_process:
+        from spanpref.cards import write_model_card
+
+        (Path(training_args.output_dir) / RESULTS_FILE).write_text(json.dumps(_jsonable(results), indent=2))
+        write_model_card(training_args.output_dir, stage=stage, base_model=base_model, script_args=script_args, training_args=training_args,
+                         model_args=model_args, results=results, world_size=trainer.accelerator.num_processes,
+                         dataset_revision=dataset_fingerprint(script_args, stage))  # fmt: skip
+        if push:
+            from spanpref.repo import push_folder
+
+            repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
+            url = push_folder(training_args.output_dir, repo_id, repo_type="model", token=training_args.hub_token,
+                              private=bool(training_args.hub_private_repo),
+                              commit_message=f"spanpref: {stage} on {script_args.dataset_name}")  # fmt: skip
+            logger.info("pushed to %s", url)
+            results["pushed"] = url
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES:
+        raise SystemExit(f"usage: python -m spanpref.training.run {{{','.join(STAGES)}}} --config RECIPE [flags]")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stage = argv[0]
+    train(stage, *parse_args(stage, argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

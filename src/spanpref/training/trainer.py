@@ -1,0 +1,114 @@
+"""TRL's DPOTrainer with DPO-Positive, and the loss computed from `spanpref.training.losses`.
+
+TRL 1.16 computes every DPO-family loss inside one long `DPOTrainer._compute_loss` with no hook, and it has no
+DPO-Positive. For the losses spanpref uses (`sigmoid`, `dpo_positive`, `apo_zero`, `apo_down`) this trainer
+replaces that method with a short one: the same forward passes (policy; reference model, precomputed reference
+log-probs or the adapter-disabled PEFT model), then the pure loss functions. Any other loss type, or an option this
+path does not implement (f-divergences, WPO weighting, LD-DPO, MoE aux loss), goes to TRL's method unchanged.
+
+What the override relies on in TRL (tests/test_training.py fails if an upgrade changes any of it): the collated
+batch is [chosen; rejected] with `input_ids`, `attention_mask`, `completion_mask` and optional `ref_chosen_logps` /
+`ref_rejected_logps`; TRL-patched models accept `fused_lm_head=True` with `labels` and return per-token
+`log_probs`; `self._metrics[mode]` collects logged means. trl is pinned exactly in setup.cfg for this reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from accelerate.utils import is_peft_model
+from trl import DPOConfig, DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import use_adapter
+
+from spanpref.training.losses import LOSSES, PreferenceLogps, compute_dpop_penalty
+
+TRL_VERSION = "1.16.0"  # the version whose DPOTrainer internals the override was checked against
+
+
+@dataclass
+class SpanprefDPOConfig(DPOConfig):
+    """TRL's DPOConfig plus DPO-Positive. `loss_type: dpo_positive` selects it."""
+
+    dpop_lambda: float = field(
+        default=50.0,
+        metadata={"help": "DPO-Positive penalty weight lambda (Pal et al. 2024 use 50): how hard a drop of the chosen "
+                  "answer's likelihood below the reference is punished. Only used with loss_type dpo_positive."},
+    )  # fmt: skip
+
+
+class SpanprefDPOTrainer(DPOTrainer):
+    def _uses_own_loss(self) -> bool:
+        own = set(self.loss_types) <= set(LOSSES)
+        exotic = (
+            self.f_divergence_type != "reverse_kl"
+            or self.use_weighting
+            or self.ld_alpha is not None
+            or self.aux_loss_enabled
+            or len(self.loss_types) != 1
+        )
+        if "dpo_positive" in self.loss_types and (not own or exotic):
+            raise ValueError(
+                "loss_type dpo_positive cannot be combined with other loss types, f_divergence_type, use_weighting, "
+                "ld_alpha or MoE aux losses; use it alone"
+            )
+        return own and not exotic
+
+    def _sequence_logps(self, model, model_kwargs: dict, labels: torch.Tensor, seq_len: int) -> torch.Tensor:
+        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+        return outputs.log_probs[:, -seq_len:].sum(dim=1)
+
+    def _reference_logps(self, inputs: dict, model_kwargs: dict, labels: torch.Tensor, seq_len: int):
+        if self.precompute_ref_logps:
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if is_peft_model(self.model) and self.ref_model is None:
+                # a fresh adapter: the base model is the reference; a re-trained adapter keeps its copy as "ref"
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                    ref = self._sequence_logps(self.model, model_kwargs, labels, seq_len)
+            else:
+                ref = self._sequence_logps(self.ref_model, model_kwargs, labels, seq_len)
+        return ref.chunk(2, dim=0)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        if return_outputs or not self._uses_own_loss():
+            return super()._compute_loss(model, inputs, return_outputs)
+        mode = "train" if self.model.training else "eval"
+        model_kwargs = {k: v for k, v in inputs.items()
+                        if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}}  # fmt: skip
+        model_kwargs["use_cache"] = False
+        completion_mask = inputs["completion_mask"]
+        seq_len = completion_mask.size(1) - 1  # log-probs are of the shifted sequence
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+
+        chosen, rejected = self._sequence_logps(model, model_kwargs, labels, seq_len).chunk(2, dim=0)
+        ref_chosen, ref_rejected = self._reference_logps(inputs, model_kwargs, labels, seq_len)
+        logps = PreferenceLogps(chosen, rejected, ref_chosen, ref_rejected)
+        (loss_type,) = self.loss_types
+        per_pair = LOSSES[loss_type](logps, beta=self.beta, dpop_lambda=getattr(self.args, "dpop_lambda", 0.0))
+        loss = per_pair.mean() * self.loss_weights[0]
+
+        self._log_preference_metrics(mode, logps)
+        return loss
+
+    def _log_preference_metrics(self, mode: str, logps: PreferenceLogps) -> None:
+        gather = self.accelerator.gather_for_metrics
+        chosen_rewards = (self.beta * logps.chosen_logratios).detach()
+        rejected_rewards = (self.beta * logps.rejected_logratios).detach()
+        metrics = {
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            # the preference accuracy of the paper's validation metric: the implicit reward ranks the pair right
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "logps/chosen": logps.chosen.detach(),
+            "logps/rejected": logps.rejected.detach(),
+            # the policy alone (no reference) gives the chosen answer the higher likelihood: meaningful before
+            # training too, when every implicit reward is zero
+            "logps/accuracies": (logps.chosen > logps.rejected).float().detach(),
+            "dpop/penalty": compute_dpop_penalty(logps).detach(),
+        }
+        for name, value in metrics.items():
+            self._metrics[mode][name].append(gather(value).float().mean().item())
