@@ -327,3 +327,37 @@ def test_tiny_model_is_deterministic(tmp_path):
     assert all(torch.equal(wa[n], wb[n]) for n in wa)
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_rate_records_them_and_picks_by_the_validation_metric(tiny_model, pairs_repo, tmp_path):
+    from spanpref.cli import main
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), "--learning-rates", "1e-3", "1e-7",
+            "--output-dir", str(out), "--set", f"dataset_name={pairs_repo}", "max_steps=2"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "sweep.json").read_text())
+    assert [r["learning_rate"] for r in record["runs"]] == [1e-3, 1e-7]
+    assert all(r["status"] == "ok" for r in record["runs"])
+    # the choice, recomputed from each run's own results file
+    after = {
+        lr: json.loads((out / f"lr-{lr:g}" / "spanpref_results.json").read_text())["after"] for lr in (1e-3, 1e-7)
+    }
+    for lr, run in zip((1e-3, 1e-7), record["runs"], strict=True):
+        assert run["metrics"]["eval_rewards/accuracies"] == after[lr]["eval_rewards/accuracies"]
+    best = max(
+        (1e-3, 1e-7), key=lambda lr: (after[lr]["eval_rewards/accuracies"], after[lr]["eval_rewards/margins"], -lr)
+    )
+    assert record["best"]["learning_rate"] == best
+    assert "(chosen)" in (out / "sweep.md").read_text()
+    # a second sweep reuses the finished runs instead of training again
+    assert main(argv) == 0
+    assert [r["status"] for r in json.loads((out / "sweep.json").read_text())["runs"]] == ["reused", "reused"]
+
+
+def test_sweep_overrides_must_be_key_value(tmp_path):
+    from spanpref.training.sweep import run_sweep
+
+    with pytest.raises(ValueError, match="key=value"):
+        run_sweep(str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), output_dir=str(tmp_path), overrides=["20"])

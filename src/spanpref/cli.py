@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from spanpref.generate import QueryGenerationConfig, ResponseGenerationConfig
+from spanpref.ui.annotate import AnnotateConfig, run_annotate
+from spanpref.ui.arena import ArenaConfig, run_arena
 
 logger = logging.getLogger("spanpref")
 
@@ -368,6 +370,32 @@ def run_pairs(args: PairsArgs) -> None:
     print(build_pairs(args.folder, cfg).summary())
 
 
+@dataclass(kw_only=True)
+class SweepArgs:
+    recipe: str = _arg("training recipe (YAML) whose learning rate is swept", positional=True)
+    stage: str = _arg("sft or dpo: which script the recipe belongs to", default="dpo")
+    learning_rates: list[float] | None = _arg("rates to try (default: the paper's 5e-6 2e-6 1e-6 5e-7 2e-7)",
+                                              default=None)  # fmt: skip
+    output_dir: str | None = _arg("sweep folder (default: outputs/sweeps/<recipe name>); one run per rate inside",
+                                  default=None)  # fmt: skip
+    launcher: str = _arg("how to start each run, e.g. 'accelerate launch --config_file "
+                         "recipes/accelerate_configs/ddp.yaml'", default="python")  # fmt: skip
+    metric: str = _arg("validation metric to maximise", default="eval_rewards/accuracies")
+    tie_break: str = _arg("validation metric that breaks ties", default="eval_rewards/margins")
+    set: list[str] | None = _arg("recipe overrides for every run, as key=value (e.g. max_steps=20 "
+                                 "dataset_name=outputs/demo)", default=None)  # fmt: skip
+
+
+def run_sweep(args: SweepArgs) -> None:
+    from spanpref.training.sweep import run_sweep as sweep
+
+    result = sweep(args.recipe, stage=args.stage, learning_rates=args.learning_rates, output_dir=args.output_dir,
+                   launcher=args.launcher, metric=args.metric, tie_break=args.tie_break, overrides=args.set)  # fmt: skip
+    print(result.table())
+    if result.best:
+        print(f"chosen: learning rate {result.best.learning_rate:g} -> {result.best.output_dir}")
+
+
 COMMANDS: dict[str, Command | dict[str, Command]] = {
     "import": {
         "qa-feedback": Command(
@@ -408,6 +436,14 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     ),  # fmt: skip
     "push": Command("push", "upload a dataset repo folder to the Hugging Face Hub", PushArgs, run_push),
     "taxonomy": Command("taxonomy", "show a feedback taxonomy", TaxonomyArgs, run_taxonomy),
+    "sweep": Command("sweep", "train one run per learning rate and pick the best by a validation metric", SweepArgs,
+                     run_sweep),  # fmt: skip
+    "annotate": Command(
+        "annotate", "serve the span annotation app for a dataset repo on 127.0.0.1", AnnotateConfig, run_annotate
+    ),
+    "arena": Command(
+        "arena", "serve the arena (blind pairwise judging, leaderboard) on 127.0.0.1", ArenaConfig, run_arena
+    ),
 }
 
 
