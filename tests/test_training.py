@@ -264,6 +264,27 @@ def test_lora_moves_every_adapter_weight_and_leaves_the_base(tiny_model, pairs_r
 
 
 @pytest.mark.slow
+def test_merged_lora_model_is_a_plain_model_with_the_adapter_applied(tiny_model, pairs_repo, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from spanpref.training.run import parse_args, train
+
+    out = tmp_path / "merged"
+    args = parse_args("dpo", ["--config", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), "--dataset_name",
+                              str(pairs_repo), "--output_dir", str(out), "--use_peft", "--lora_r", "4",
+                              "--lora_target_modules", "q_proj", "v_proj", "--merge_adapters"])  # fmt: skip
+    train("dpo", *args)
+    assert not (out / "adapter_config.json").exists() and (out / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), out / "adapter")
+    ids = torch.tensor([[5, 17, 42, 99, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(merged(ids).logits, AutoModelForCausalLM.from_pretrained(tiny_model)(ids).logits)
+
+
+@pytest.mark.slow
 def test_resume_from_the_last_checkpoint(tiny_model, pairs_repo, tmp_path):
     from spanpref.training.run import parse_args, train
 

@@ -53,6 +53,11 @@ class ScriptArguments:
     eval_before_training: bool = field(
         default=True, metadata={"help": "also compute the validation metrics of the starting model"}
     )
+    merge_adapters: bool = field(
+        default=False,
+        metadata={"help": "with use_peft: save the base model with the LoRA weights merged in (a plain model "
+                  "folder that any stage can load); the adapter alone goes to <output_dir>/adapter"},
+    )  # fmt: skip
 
 
 # what the bundled default model is, for model cards (it is converted from this model's GGUF)
@@ -143,6 +148,22 @@ def _last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
+def save_merged(trainer, output_dir: str) -> None:
+    """Replace the adapter files in `output_dir` with the merged model; keep the adapter in `adapter/`."""
+    import shutil
+
+    out = Path(output_dir)
+    adapter_dir = out / "adapter"
+    adapter_dir.mkdir(exist_ok=True)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        if (out / name).exists():
+            shutil.move(str(out / name), adapter_dir / name)
+    model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    model.save_pretrained(out)
+    trainer.processing_class.save_pretrained(out)
+    logger.info("merged LoRA weights into %s (adapter kept in %s)", out, adapter_dir)
+
+
 def train(stage: str, script_args: ScriptArguments, training_args, model_args) -> dict[str, Any]:
     """Train one stage; returns (and writes to `spanpref_results.json`) the metrics before and after."""
     from trl import get_peft_config
@@ -185,6 +206,8 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     if eval_ds is not None:
         results["after"] = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
+    if script_args.merge_adapters and model_args.use_peft and main_process:
+        save_merged(trainer, training_args.output_dir)
 
     if main_process:
         from spanpref.cards import write_model_card
