@@ -516,5 +516,8 @@ def _is_user_error(e: Exception) -> bool:
     return isinstance(e, CLIError | ValueError | HubAuthError | ValidationError | FileNotFoundError | StageError)
 
 
+# `spanpref eval ...` registers itself (its Args extend BackendArgs above, so it is imported last)
+import spanpref.evaluation.commands  # noqa: E402,F401
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -200,6 +200,10 @@ class EvalOutput:
     seed: int | None = None
 
 
+WINNER_A, WINNER_B, WINNER_TIE = "model_a", "model_b", "tie"
+WINNERS = (WINNER_A, WINNER_B, WINNER_TIE)
+
+
 @dataclass
 class Judgment:
     judgment_id: str
@@ -207,9 +211,10 @@ class Judgment:
     query_id: str
     model_a: str
     model_b: str
-    winner: str | None  # "a" | "b" | "tie"; None when the judge output could not be parsed
+    winner: str | None  # "model_a" | "model_b" | "tie"; None when the judge output could not be parsed
     raw_output: str = ""
     parse_error: str = ""
+    shown_first: str = ""  # the model whose output the judge saw first (order is randomised per judgment)
 
 
 @dataclass
@@ -217,9 +222,11 @@ class Rating:
     model: str
     judge: str
     rating: float
-    ci_low: float | None = None  # 95% interval of the difference from the best model
+    ci_low: float | None = None  # 95% bootstrap interval of the difference from the best model
     ci_high: float | None = None
     n_judgments: int = 0
+    diff: float | None = None  # rating - the best model's rating
+    rounds: int = 0  # bootstrap rounds behind the interval (0: none)
 
 
 # config name -> (record class, id column)

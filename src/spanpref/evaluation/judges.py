@@ -1,0 +1,439 @@
+"""Pairwise judges as data, and the stage that judges every model pair on every prompt.
+
+A judge is a folder `recipes/judges/<name>/` with `config.yaml` (its `kind` and settings) and, where it uses one,
+`prompt.txt`. The kinds (`JUDGES`):
+
+- `reference`: offline; prefers the output with the higher ROUGE-L F1 against the query's reference answer.
+- `llm`: our own pairwise prompt through any generation backend; the reply must end with a verdict line.
+- `alpaca_eval`: AlpacaEval's pairwise annotator, with its `alpaca_eval_gpt4` configuration (OpenAI) or with our
+  own annotator configuration pointed at any OpenAI-compatible server.
+
+The stage (`judge_outputs`) builds one task per (prompt, model pair), shows the two outputs in an order drawn
+per task from a seeded generator, maps the judge's verdict on the shown order back to the canonical pair
+(model_a < model_b by name), journals every verdict as it arrives (a rerun resumes), and merges them into the
+`judgments` config atomically. A verdict that cannot be parsed is kept with winner None, its parse error and the
+raw output; it never takes other verdicts with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from spanpref import schema
+from spanpref.prompts import PromptTemplate, parse_prompt, truncate_text
+from spanpref.repo import RepoError, open_repo
+
+logger = logging.getLogger(__name__)
+
+FIRST, SECOND, TIE = "first", "second", "tie"  # verdicts on the order shown to the judge
+IDENTICAL = "(identical outputs: AlpacaEval scores them a draw without asking the judge)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Judge configuration (recipes/judges/<name>/config.yaml)
+# ---------------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class JudgeConfig:
+    kind: str = field(metadata={"help": "which judge implementation: reference, llm or alpaca_eval"})
+    prompt: str = field(default="prompt.txt", metadata={"help": "prompt file, relative to the judge folder"})
+    metric: str = field(default="rougeL", metadata={"help": "reference: rouge_score metric (rouge1, rougeL, ...)"})
+    use_stemmer: bool = field(default=True, metadata={"help": "reference: Porter-stem words before matching"})
+    tie_tolerance: float = field(default=0.005, metadata={"help": "reference: score gap that still counts as a tie"})
+    temperature: float = field(default=0.0, metadata={"help": "llm/alpaca_eval: the judge's sampling temperature"})
+    max_new_tokens: int = field(default=256, metadata={"help": "llm/alpaca_eval: longest judge reply, in tokens"})
+    max_document_chars: int = field(default=3000, metadata={"help": "the document is cut to this length"})
+    max_output_chars: int = field(default=3000, metadata={"help": "each judged output is cut to this length"})
+    annotators_config: str = field(default="alpaca_eval_gpt4", metadata={
+        "help": "alpaca_eval: AlpacaEval's annotator configuration used with OpenAI's API (no --base-url)"})  # fmt: skip
+
+
+def find_judge_folder(name_or_dir: str | Path) -> Path:
+    """A bundled judge by name (`recipes/judges/<name>`) or any folder holding a config.yaml."""
+    folder = Path(name_or_dir)
+    if folder.is_dir():
+        if not (folder / "config.yaml").is_file():
+            raise ValueError(f"judge folder {folder} has no config.yaml")
+        return folder
+    bundled = resources.files("spanpref") / "recipes" / "judges" / str(name_or_dir)
+    if not bundled.is_dir():
+        raise ValueError(f"unknown judge {str(name_or_dir)!r}; choose from {sorted(JUDGES)} or give a judge folder")
+    return Path(str(bundled))
+
+
+def load_judge_config(name_or_dir: str | Path) -> tuple[JudgeConfig, Path]:
+    folder = find_judge_folder(name_or_dir)
+    data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
+    known = {f.name for f in dataclasses.fields(JudgeConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{folder / 'config.yaml'}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    if "kind" not in data:
+        raise ValueError(f"{folder / 'config.yaml'}: needs `kind`, one of {sorted(JUDGES)}")
+    cfg = JudgeConfig(**data)
+    if cfg.kind not in JUDGES:
+        raise ValueError(f"{folder / 'config.yaml'}: unknown judge kind {cfg.kind!r}; choose from {sorted(JUDGES)}")
+    return cfg, folder
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tasks and verdicts
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class PairTask:
+    """One judgment to make: the outputs of model_a and model_b (canonical order) on one prompt."""
+
+    judgment_id: str
+    query_id: str
+    query: str
+    document: str
+    reference: str | None
+    model_a: str
+    model_b: str
+    text_a: str
+    text_b: str
+    swapped: bool  # True: model_b's output is shown first
+
+    @property
+    def shown(self) -> tuple[str, str]:
+        """(first text, second text) in the order the judge sees them."""
+        return (self.text_b, self.text_a) if self.swapped else (self.text_a, self.text_b)
+
+    def winner(self, verdict: str | None) -> str | None:
+        """The canonical winner (model_a / model_b / tie) of a verdict on the shown order."""
+        if verdict is None:
+            return None
+        if verdict == TIE:
+            return schema.WINNER_TIE
+        first_is_a = not self.swapped
+        return schema.WINNER_A if (verdict == FIRST) == first_is_a else schema.WINNER_B
+
+
+@dataclass
+class Verdict:
+    verdict: str | None  # FIRST, SECOND, TIE, or None when the output could not be parsed
+    raw_output: str = ""
+    parse_error: str = ""
+
+
+OnVerdict = Callable[[int, Verdict], None]
+
+
+class JudgeError(RuntimeError):
+    """The judge could not run at all (as opposed to one unparsable verdict)."""
+
+
+class Judge(ABC):
+    """Turns tasks into verdicts on the shown order, calling `on_verdict(index, verdict)` as each arrives."""
+
+    name: str
+
+    @abstractmethod
+    def judge(self, tasks: list[PairTask], on_verdict: OnVerdict) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# reference
+# ---------------------------------------------------------------------------------------------------
+class ReferenceJudge(Judge):
+    def __init__(self, config: JudgeConfig, name: str = "reference"):
+        from rouge_score import rouge_scorer
+
+        self.config, self.name = config, name
+        self.scorer = rouge_scorer.RougeScorer([config.metric], use_stemmer=config.use_stemmer)
+
+    def score(self, text: str, reference: str) -> float:
+        return self.scorer.score(reference, text)[self.config.metric].fmeasure
+
+    def judge(self, tasks: list[PairTask], on_verdict: OnVerdict) -> None:
+        for i, task in enumerate(tasks):
+            if not task.reference:
+                on_verdict(i, Verdict(None, "", f"no reference answer for query {task.query_id!r}"))
+                continue
+            first, second = (self.score(t, task.reference) for t in task.shown)
+            raw = json.dumps({f"{self.config.metric}_first": round(first, 6), f"{self.config.metric}_second":
+                              round(second, 6)})  # fmt: skip
+            if abs(first - second) <= self.config.tie_tolerance:
+                on_verdict(i, Verdict(TIE, raw))
+            else:
+                on_verdict(i, Verdict(FIRST if first > second else SECOND, raw))
+
+
+# ---------------------------------------------------------------------------------------------------
+# llm
+# ---------------------------------------------------------------------------------------------------
+_VERDICT_LINE = re.compile(r"verdict\W{0,6}(?:answer\s*)?(1|2|one|two|tie|none|neither|both|equal)\b", re.I)
+_BARE = re.compile(r"^\W*(?:answer\s*)?(1|2|tie)\W*$", re.I)
+_WORDS = {"1": FIRST, "one": FIRST, "2": SECOND, "two": SECOND}
+
+
+def parse_llm_verdict(text: str) -> tuple[str | None, str]:
+    """(verdict, error) from an llm judge reply: the last "Verdict: 1 / 2 / tie" wins; a reply that is only
+    "1", "2", "Answer 2" or "tie" is accepted too. Anything else is unparsable (verdict None, error says why)."""
+    matches = _VERDICT_LINE.findall(text)
+    if matches:
+        word = matches[-1].lower()
+        return _WORDS.get(word, TIE), ""
+    bare = _BARE.match(text.strip())
+    if bare:
+        word = bare.group(1).lower()
+        return _WORDS.get(word, TIE), ""
+    if not text.strip():
+        return None, "empty reply"
+    return None, "no 'Verdict: 1', 'Verdict: 2' or 'Verdict: tie' line in the reply"
+
+
+class LLMJudge(Judge):
+    def __init__(self, config: JudgeConfig, prompt: PromptTemplate, backend: Any, *, seed: int = 0,
+                 name: str = "llm"):  # fmt: skip
+        self.config, self.prompt, self.backend, self.seed, self.name = config, prompt, backend, seed, name
+
+    def messages(self, task: PairTask) -> list[dict[str, str]]:
+        first, second = task.shown
+        cut = self.config.max_output_chars
+        return self.prompt.messages(document=truncate_text(task.document, self.config.max_document_chars),
+                                    query=task.query, output_1=truncate_text(first, cut),
+                                    output_2=truncate_text(second, cut))  # fmt: skip
+
+    def judge(self, tasks: list[PairTask], on_verdict: OnVerdict) -> None:
+        from spanpref.backends import GenerationConfig
+
+        gen = GenerationConfig(temperature=self.config.temperature, top_p=1.0,
+                               max_new_tokens=self.config.max_new_tokens, seed=self.seed)  # fmt: skip
+
+        def on_result(index: int, completions: list[Any]) -> None:
+            text = completions[0].text
+            verdict, error = parse_llm_verdict(text)
+            on_verdict(index, Verdict(verdict, text, error))
+
+        self.backend.generate([self.messages(t) for t in tasks], gen, on_result=on_result)
+
+
+# ---------------------------------------------------------------------------------------------------
+# alpaca_eval
+# ---------------------------------------------------------------------------------------------------
+class AlpacaEvalJudge(Judge):
+    """AlpacaEval's `PairwiseAnnotator` on our tasks. AlpacaEval drops the rows it cannot parse from its result;
+    each task is matched back by its inputs, and a task without a preference is recorded as unparsable."""
+
+    def __init__(self, config: JudgeConfig, folder: Path, *, base_url: str | None = None, model: str | None = None,
+                 api_key: str | None = None, name: str = "alpaca_eval"):  # fmt: skip
+        self.config, self.name = config, name
+        self._replies: list[str] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="spanpref-alpaca-eval-")
+        tmp = Path(self._tmp.name)
+        if base_url:
+            client = tmp / "client_configs.yaml"
+            client.write_text(yaml.safe_dump({"default": [{"api_key": api_key or os.environ.get("OPENAI_API_KEY")
+                                                           or "none", "base_url": base_url}]}))  # fmt: skip
+            annotator = {
+                "prompt_template": str((folder / config.prompt).resolve()),
+                "fn_completions": "openai_completions",
+                "completions_kwargs": {"model_name": model or "default", "max_tokens": config.max_new_tokens,
+                                       "temperature": config.temperature, "client_config_path": str(client),
+                                       "requires_chatml": True, "num_procs": 1, "price_per_token": 0},
+                "fn_completion_parser": "regex_parser",
+                "completion_parser_kwargs": {"outputs_to_match": {1: r"(?i)output\s*\(?a\)?", 2: r"(?i)output\s*\(?b\)?"}},
+                "batch_size": 1,
+                # the order is already randomised (seeded, per judgment) by us; a second shuffle would make the
+                # raw reply's "Output (a)" mean a different output than the one we showed first
+                "is_randomize_output_order": False,
+            }  # fmt: skip
+            (tmp / "spanpref_local").mkdir()
+            (tmp / "spanpref_local" / "configs.yaml").write_text(yaml.safe_dump({"spanpref_local": annotator}))
+            self.annotators_config = str(tmp / "spanpref_local" / "configs.yaml")
+        else:
+            if not (api_key or os.environ.get("OPENAI_API_KEY")):
+                raise JudgeError("the alpaca_eval judge needs either OPENAI_API_KEY set (to use AlpacaEval's "
+                                 f"{config.annotators_config} configuration with OpenAI's API) or --base-url of an "
+                                 "OpenAI-compatible server (llama.cpp, vLLM, TGI) for our own annotator configuration")  # fmt: skip
+            self.annotators_config = config.annotators_config
+
+    def _annotator(self) -> Any:
+        try:
+            from alpaca_eval.annotators import PairwiseAnnotator
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise JudgeError(f"the alpaca_eval judge needs the eval extra (pip install 'spanpref[eval]'): {e}") from e
+        annotator = PairwiseAnnotator(annotators_config=self.annotators_config, caching_path=None,
+                                      is_avoid_reannotations=False)  # fmt: skip
+        # AlpacaEval drops a row whose reply it cannot parse, raw reply included; record every reply on the way
+        # out of its completion function so that an unparsable verdict keeps its raw output.
+        for single in getattr(annotator, "annotators", {}).values():
+            single.fn_completions = self._recording(single.fn_completions)
+        return annotator
+
+    def _recording(self, fn_completions: Callable[..., dict]) -> Callable[..., dict]:
+        def record(*args: Any, **kwargs: Any) -> dict:
+            out = fn_completions(*args, **kwargs)
+            self._replies.extend(str(c) for c in out.get("completions", []))
+            return out
+
+        return record
+
+    def instruction(self, task: PairTask) -> str:
+        document = truncate_text(task.document, self.config.max_document_chars)
+        return f"{task.query}\n\nDocument:\n{document}" if document else task.query
+
+    def judge(self, tasks: list[PairTask], on_verdict: OnVerdict) -> None:
+        annotator = self._annotator()
+        cut = self.config.max_output_chars
+        rows = []
+        for t in tasks:
+            first, second = t.shown
+            rows.append({"instruction": self.instruction(t), "output_1": truncate_text(first, cut),
+                         "output_2": truncate_text(second, cut)})  # fmt: skip
+        # one call per task, so that a parse failure cannot hide which raw output it came from
+        for i, row in enumerate(rows):
+            self._replies = []
+            annotated = annotator.annotate_pairs([row])
+            result = annotated[0] if annotated else {}
+            raw = "\n".join(self._replies)
+            if not self._replies and row["output_1"] == row["output_2"]:
+                raw = IDENTICAL
+            preference = result.get("preference")
+            if preference is None or (isinstance(preference, float) and np.isnan(preference)):
+                on_verdict(i, Verdict(None, raw, "AlpacaEval returned no preference (its parser could not read the "
+                                                 "judge's reply)"))  # fmt: skip
+            elif preference in (0, 1.5):  # AlpacaEval: 0 identical outputs, 1.5 a draw
+                on_verdict(i, Verdict(TIE, raw))
+            else:
+                on_verdict(i, Verdict(FIRST if round(float(preference)) == 1 else SECOND, raw))
+
+
+JUDGES: dict[str, type[Judge]] = {"reference": ReferenceJudge, "llm": LLMJudge, "alpaca_eval": AlpacaEvalJudge}
+
+
+def build_judge(name_or_dir: str | Path, *, backend: Any = None, base_url: str | None = None, model: str | None = None,
+                seed: int = 0, name: str | None = None) -> Judge:  # fmt: skip
+    """A judge from its folder. `backend` serves `llm`; `base_url`/`model` point `alpaca_eval` at a server."""
+    config, folder = load_judge_config(name_or_dir)
+    name = name or folder.name
+    if config.kind == "reference":
+        return ReferenceJudge(config, name)
+    if config.kind == "llm":
+        if backend is None:
+            raise ValueError("the llm judge needs a generation backend")
+        prompt = parse_prompt((folder / config.prompt).read_text(encoding="utf-8"), f"judges/{folder.name}")
+        return LLMJudge(config, prompt, backend, seed=seed, name=name)
+    return AlpacaEvalJudge(config, folder, base_url=base_url, model=model, name=name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------------
+def is_swapped(judgment_id: str, seed: int) -> bool:
+    """The display order of one task: a seeded draw keyed by the task, so it does not depend on which other
+    tasks exist or are already done."""
+    key = int.from_bytes(hashlib.sha256(judgment_id.encode()).digest()[:8], "little")
+    return bool(np.random.default_rng([seed, key]).integers(2))
+
+
+def build_tasks(folder: str | Path, judge_name: str, *, seed: int = 0, models: list[str] | None = None,
+                limit: int | None = None) -> list[PairTask]:  # fmt: skip
+    """Every model pair on every prompt of the eval_outputs config (prompts with fewer than two models are skipped)."""
+    repo = open_repo(folder)
+    if not repo.has(schema.EVAL_OUTPUTS):
+        raise RepoError(f"{folder} has no eval_outputs config; run `spanpref eval generate` first")
+    outputs = repo.read(schema.EVAL_OUTPUTS)
+    queries = {q["query_id"]: q for q in repo.read(schema.QUERIES)} if repo.has(schema.QUERIES) else {}
+    documents = {d["doc_id"]: d for d in repo.read(schema.DOCUMENTS)} if repo.has(schema.DOCUMENTS) else {}
+    references: dict[str, str] = {}
+    if repo.has(schema.REFERENCES):
+        for r in repo.read(schema.REFERENCES):
+            references.setdefault(r["query_id"], r["text"])  # the first (gold) reference of a query
+    by_query: dict[str, dict[str, str]] = {}
+    for o in outputs:
+        if models and o["model"] not in models:
+            continue
+        seen = by_query.setdefault(o["query_id"], {})
+        if o["model"] in seen:
+            raise ValueError(f"eval_outputs has two outputs of model {o['model']!r} for query {o['query_id']!r}")
+        seen[o["model"]] = o["text"]
+    tasks = []
+    for query_id in sorted(by_query)[:limit]:
+        q = queries.get(query_id, {})
+        document = documents.get(q.get("doc_id"), {}).get("text", "")
+        for a, b in itertools.combinations(sorted(by_query[query_id]), 2):
+            jid = f"{judge_name}:{query_id}:{a}:{b}"
+            tasks.append(PairTask(jid, query_id, q.get("query", ""), document, references.get(query_id), a, b,
+                                  by_query[query_id][a], by_query[query_id][b], is_swapped(jid, seed)))  # fmt: skip
+    return tasks
+
+
+@dataclass
+class JudgeReport:
+    judge: str
+    tasks: int = 0
+    skipped: int = 0  # judged before this run
+    judged: int = 0
+    unparsable: int = 0
+    rows_written: int = 0
+    winners: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        wins = ", ".join(f"{k} {v}" for k, v in sorted(self.winners.items()))
+        return (f"judge {self.judge}: {self.tasks} pair(s): {self.skipped} already judged, {self.judged} judged now "
+                f"({self.unparsable} unparsable); verdicts: {wins or 'none'}")  # fmt: skip
+
+
+def judge_outputs(folder: str | Path, judge: Judge, *, seed: int = 0, models: list[str] | None = None,
+                  limit: int | None = None, retry_unparsable: bool = False) -> JudgeReport:  # fmt: skip
+    """Judge every model pair on every prompt of `folder`'s eval_outputs into its judgments config (resumable)."""
+    from spanpref.journal import Journal
+
+    repo = open_repo(folder)
+    tasks = build_tasks(folder, judge.name, seed=seed, models=models, limit=limit)
+    existing = repo.read(schema.JUDGMENTS) if repo.has(schema.JUDGMENTS) else []
+    keep = [r for r in existing if not (retry_unparsable and r["judge"] == judge.name and r["winner"] is None)]
+    done = {r["judgment_id"] for r in keep}
+    journal = Journal(repo.path, f"judgments_{re.sub(r'[^A-Za-z0-9_.-]+', '_', judge.name)}")
+    recovered = {r["judgment_id"]: r for r in journal.records() if r["judgment_id"] not in done}
+    report = JudgeReport(judge=judge.name, tasks=len(tasks))
+    todo = [t for t in tasks if t.judgment_id not in done and t.judgment_id not in recovered]
+    report.skipped = len(tasks) - len(todo)
+    new_rows = list(recovered.values())
+
+    def on_verdict(index: int, verdict: Verdict) -> None:
+        task = todo[index]
+        row = schema.to_row(schema.Judgment(
+            judgment_id=task.judgment_id, judge=judge.name, query_id=task.query_id, model_a=task.model_a,
+            model_b=task.model_b, winner=task.winner(verdict.verdict), raw_output=verdict.raw_output,
+            parse_error=verdict.parse_error if verdict.verdict is None else "",
+            shown_first=task.model_b if task.swapped else task.model_a))  # fmt: skip
+        journal.append(row)
+        new_rows.append(row)
+        report.judged += 1
+        report.unparsable += row["winner"] is None
+
+    try:
+        if todo:
+            logger.info("judge %s: %d pair(s) to judge", judge.name, len(todo))
+            judge.judge(todo, on_verdict)
+    finally:
+        journal.close()
+        if new_rows:
+            ids = {r["judgment_id"] for r in new_rows}
+            rows = [r for r in existing if r["judgment_id"] not in ids] + new_rows
+            repo.write({schema.JUDGMENTS: rows})
+            report.rows_written = len(new_rows)
+        journal.clear()
+    judged = [r for r in keep + new_rows if r["judge"] == judge.name]
+    for r in judged:
+        key = r["winner"] or "unparsable"
+        report.winners[key] = report.winners.get(key, 0) + 1
+    return report

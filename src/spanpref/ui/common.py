@@ -1,0 +1,367 @@
+"""Plumbing shared by the Gradio apps (annotation Space, arena Space).
+
+- `escape_html`: every piece of data text that goes into HTML built on the server passes through it.
+- `Bounds`, `bound_text`, `bound_int`, `bound_list`, `check_name`: server-side input limits with messages the
+  user can act on (the page limits inputs too, but a client can send anything).
+- `utf16_to_codepoint` / `codepoint_to_utf16`: browsers count string offsets in UTF-16 code units, Python in
+  code points; they differ after every emoji or other non-BMP character.
+- `SQLiteStore`: a SQLite database in WAL mode with `synchronous=FULL`, one connection per thread and
+  serialised write transactions. A write has reached the disk when `write()` returns, so an app may say
+  "saved" after it.
+- `LocalAuth`: a small login for local runs (name + password, claimed on first use, optional allow-list
+  and team access code) and for Spaces (names vouched for by Hugging Face OAuth). Logins give a random
+  session token; the server maps the token to the user for every call, so a user is never taken from
+  what the page claims.
+- `server_function`: wraps a Python function for `gr.HTML(server_functions=[...])`, turning `UserError`
+  into `{"ok": False, "error": ...}` for the page.
+- `launch_local`: serve a `gr.Blocks` on 127.0.0.1 the way the tests and the CLI need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class UserError(ValueError):
+    """A problem the user can fix (bad input, not logged in); its message is shown in the page."""
+
+
+class AuthError(UserError):
+    """Not logged in, wrong password, or a name that may not log in."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Escaping and bounds
+# ---------------------------------------------------------------------------------------------------
+def escape_html(text: Any) -> str:
+    """Text made safe for HTML element content and quoted attribute values (`<>&"'` escaped)."""
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Largest inputs the apps accept from a page (checked on the server)."""
+
+    name: int = 64
+    password: int = 256
+    note: int = 2000  # a span's or response's free-text note
+    rationale: int = 4000  # an A/B choice's rationale
+    spans_per_response: int = 300
+    reasons_per_span: int = 64
+    seconds_per_report: float = 3600.0  # one report of time spent; longer gaps are breaks, not work
+
+
+DEFAULT_BOUNDS = Bounds()
+
+# Names become parts of record ids and file names: keep them to a safe alphabet (HF user names fit it).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def bound_text(value: Any, what: str, limit: int, *, required: bool = False) -> str:
+    """`value` as a string of at most `limit` characters; None counts as empty."""
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise UserError(f"{what} must be text, got {type(value).__name__}")
+    if len(value) > limit:
+        raise UserError(f"{what} is too long ({len(value)} characters; at most {limit})")
+    if required and not value.strip():
+        raise UserError(f"{what} is empty")
+    return value
+
+
+def bound_int(value: Any, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise UserError(f"{what} must be an integer, got {value!r}"[:200])
+    if not lo <= value <= hi:
+        raise UserError(f"{what} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def bound_number(value: Any, what: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise UserError(f"{what} must be a number, got {value!r}"[:200])
+    return float(min(max(value, lo), hi))
+
+
+def bound_list(value: Any, what: str, limit: int) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UserError(f"{what} must be a list, got {type(value).__name__}")
+    if len(value) > limit:
+        raise UserError(f"{what} has {len(value)} entries; at most {limit}")
+    return value
+
+
+def check_name(name: Any, bounds: Bounds = DEFAULT_BOUNDS) -> str:
+    name = bound_text(name, "name", bounds.name, required=True).strip()
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"name {name!r} may only use letters, digits, '_', '.' and '-' (starting with a letter "
+                        "or digit)")  # fmt: skip
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------
+# Offsets: browsers count UTF-16 code units, Python counts code points
+# ---------------------------------------------------------------------------------------------------
+def utf16_to_codepoint(text: str, offset: int) -> int:
+    """The Python offset of the UTF-16 offset `offset` in `text`. An offset that falls inside a surrogate pair
+    (half an emoji) or outside the text raises `UserError`."""
+    units = 0
+    for i, ch in enumerate(text):
+        if units == offset:
+            return i
+        if units > offset:
+            break
+        units += 2 if ord(ch) > 0xFFFF else 1
+    else:
+        if units == offset:
+            return len(text)
+    if 0 <= offset <= units:
+        raise UserError(f"offset {offset} splits a character in two (UTF-16 surrogate pair)")
+    raise UserError(f"offset {offset} is outside the text ({utf16_length(text)} UTF-16 units)")
+
+
+def codepoint_to_utf16(text: str, offset: int) -> int:
+    """The UTF-16 offset (what JavaScript string indices count) of Python offset `offset` in `text`."""
+    if not 0 <= offset <= len(text):
+        raise UserError(f"offset {offset} is outside the text ({len(text)} characters)")
+    return offset + sum(1 for ch in text[:offset] if ord(ch) > 0xFFFF)
+
+
+def utf16_length(text: str) -> int:
+    return codepoint_to_utf16(text, len(text))
+
+
+# ---------------------------------------------------------------------------------------------------
+# SQLite in WAL mode
+# ---------------------------------------------------------------------------------------------------
+class SQLiteStore:
+    """A SQLite database file used as the source of truth by an app.
+
+    Subclasses put their `CREATE TABLE IF NOT EXISTS ...` statements in `SCHEMA` (add `LocalAuth.SCHEMA` to use
+    `LocalAuth` on the same database). WAL lets readers go on
+    while one writer commits; `synchronous=FULL` syncs the WAL at every commit, so a committed write survives
+    a crash of the app or of the machine. Writes are serialised in-process by a lock (SQLite has one writer at
+    a time anyway) and across processes by `BEGIN IMMEDIATE` plus a busy timeout.
+    """
+
+    SCHEMA = ""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        if self.SCHEMA.strip():
+            with self._lock:
+                self.connect().executescript(self.SCHEMA)
+
+    def connect(self) -> sqlite3.Connection:
+        """This thread's connection (created on first use)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: committed (and on disk) when the block ends, rolled back if it raises."""
+        db = self.connect()
+        with self._lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return self.connect().execute(sql, tuple(params)).fetchall()
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for db in self._connections:
+                try:
+                    db.close()
+                except sqlite3.ProgrammingError:  # made in another thread that has ended; nothing to do
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Login
+# ---------------------------------------------------------------------------------------------------
+def _hash_password(password: str, salt: bytes) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000)
+
+
+def _token_key(token: str) -> str:
+    # only hashes of tokens are stored: a copy of the database does not let anyone act as a user
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class LocalAuth:
+    """Accounts and session tokens kept in a `SQLiteStore`'s database.
+
+    Local mode: the first login with a name claims it with its password; later logins need that password.
+    `allowed` limits who may log in; `access_code` is a shared code every login must give (for a team server).
+    On Spaces, `login_external(name)` issues a token for a name Hugging Face OAuth has vouched for.
+    """
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS accounts (name TEXT PRIMARY KEY, salt BLOB, hash BLOB, created REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS sessions (token TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL);
+    """
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        *,
+        allowed: Iterable[str] | None = None,
+        access_code: str | None = None,
+        bounds: Bounds = DEFAULT_BOUNDS,
+    ):
+        self.store = store
+        self.allowed = set(allowed) if allowed else None
+        self.access_code = access_code or None
+        self.bounds = bounds
+
+    def login(self, name: Any, password: Any, access_code: Any = None) -> tuple[str, str]:
+        """(token, name) for a correct login; `AuthError` otherwise."""
+        name = check_name(name, self.bounds)
+        password = bound_text(password, "password", self.bounds.password)
+        if len(password) < 4:
+            raise AuthError("the password needs at least 4 characters")
+        if self.access_code is not None and not hmac.compare_digest(str(access_code or ""), self.access_code):
+            raise AuthError("wrong access code")
+        self._check_allowed(name)
+        with self.store.write() as db:
+            row = db.execute("SELECT salt, hash FROM accounts WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                salt = secrets.token_bytes(16)
+                db.execute("INSERT INTO accounts VALUES (?, ?, ?, ?)", (name, salt, _hash_password(password, salt),
+                                                                         time.time()))  # fmt: skip
+                logger.info("new account %s", name)
+            elif row["hash"] is None or not hmac.compare_digest(_hash_password(password, row["salt"]), row["hash"]):
+                raise AuthError(f"wrong password for {name!r} (names are claimed by their first login)")
+            return self._new_session(db, name), name
+
+    def login_external(self, name: str) -> tuple[str, str]:
+        """A session for a name an identity provider (HF OAuth) has checked; no password involved."""
+        name = check_name(name, self.bounds)
+        self._check_allowed(name)
+        with self.store.write() as db:
+            db.execute("INSERT OR IGNORE INTO accounts VALUES (?, NULL, NULL, ?)", (name, time.time()))
+            return self._new_session(db, name), name
+
+    def resolve(self, token: Any) -> str:
+        """The user a session token belongs to."""
+        if not isinstance(token, str) or not token or len(token) > 200:
+            raise AuthError("not logged in")
+        rows = self.store.read("SELECT name FROM sessions WHERE token = ?", (_token_key(token),))
+        if not rows:
+            raise AuthError("your session has ended; log in again")
+        return rows[0]["name"]
+
+    def logout(self, token: Any) -> None:
+        if isinstance(token, str):
+            with self.store.write() as db:
+                db.execute("DELETE FROM sessions WHERE token = ?", (_token_key(token),))
+
+    def _check_allowed(self, name: str) -> None:
+        if self.allowed is not None and name not in self.allowed:
+            raise AuthError(f"{name!r} is not on this server's list of annotators")
+
+    @staticmethod
+    def _new_session(db: sqlite3.Connection, name: str) -> str:
+        token = secrets.token_urlsafe(32)
+        db.execute("INSERT INTO sessions VALUES (?, ?, ?)", (_token_key(token), name, time.time()))
+        return token
+
+
+def on_spaces() -> bool:
+    """Running inside a Hugging Face Space (where OAuth login is available)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def oauth_username(request: Any) -> str | None:
+    """The HF user name of an OAuth-logged-in request, or None (no OAuth session, or OAuth not set up)."""
+    try:
+        info = request.session.get("oauth_info") or {}
+    except (AssertionError, AttributeError):  # no SessionMiddleware: OAuth is not enabled
+        return None
+    if info.get("expires_at") and info["expires_at"] < time.time():
+        return None
+    return (info.get("userinfo") or {}).get("preferred_username")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gradio glue
+# ---------------------------------------------------------------------------------------------------
+def server_function(fn: Callable[[list[Any], Any], dict[str, Any]], name: str | None = None) -> Callable:
+    """Wrap `fn(args, request)` for `gr.HTML(server_functions=[...])`.
+
+    Gradio 6.31 sends the arguments of a page call `server.f(a, b, c)` to Python as ONE list, but a lone
+    argument as itself (`server.f(a)` gives `a`, not `[a]`). Pages should therefore always call
+    `server.f([a, b, c])`: one argument, the list, which Python receives as `args`. The request is injected
+    into a parameter annotated `gr.Request` (a plain `fastapi.Request` on this route). The wrapper returns `{"ok": True, **result}`, or
+    `{"ok": False, "error": message}` for a `UserError` (a bug is logged and reported without details).
+    """
+    import gradio as gr
+
+    def wrapper(args, request=None):
+        try:
+            if not isinstance(args, list):
+                raise UserError("bad call: arguments must come as a list")
+            return {"ok": True, **(fn(args, request) or {})}
+        except UserError as e:
+            return {"ok": False, "error": str(e)}
+        except Exception:
+            logger.exception("%s failed", wrapper.__name__)
+            return {"ok": False, "error": "internal error (logged on the server)"}
+
+    wrapper.__name__ = name or fn.__name__
+    wrapper.__qualname__ = wrapper.__name__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__annotations__ = {"request": gr.Request}
+    return wrapper
+
+
+def launch_local(demo: Any, port: int, *, host: str = "127.0.0.1", block: bool = True, **kwargs: Any) -> Any:
+    """Serve `demo` on host:port without server-side rendering (which needs node) and without analytics."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo.queue(default_concurrency_limit=None)
+    return demo.launch(server_name=host, server_port=port, ssr_mode=False, prevent_thread_lock=not block,
+                       show_error=True, quiet=True, **kwargs)  # fmt: skip

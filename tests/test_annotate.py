@@ -1,0 +1,310 @@
+"""The annotation Space without a browser: the store, offsets, queues, isolation between annotators, bounds,
+export, and the HTTP route the page uses."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from spanpref import schema
+from spanpref.repo import DatasetRepo, open_repo
+from spanpref.ui.annotate import AnnotateConfig, AnnotationService, BackgroundExporter, build_app, start_hub_sync
+from spanpref.ui.common import (
+    AuthError,
+    UserError,
+    codepoint_to_utf16,
+    escape_html,
+    utf16_to_codepoint,
+)
+
+EMOJI_TEXT = "Paris 🇫🇷 is the capital 😀 of France; the Eiffel Tower 🗼 stands there."
+PAYLOAD = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> & that is all.'
+
+
+def make_repo(path, n_queries: int = 4) -> DatasetRepo:
+    """A small repo: n_queries queries with two responses each. Query 0's responses hold emoji and an
+    HTML/script payload; its document holds markup too."""
+    docs, queries, responses = [], [], []
+    for i in range(n_queries):
+        docs.append({"doc_id": f"d{i}", "domain": "test", "title": f"Doc {i} <b>bold?</b>",
+                     "text": f"Document {i}. <i>markup</i> stays text.\nSecond line."})  # fmt: skip
+        queries.append({"query_id": f"q{i}", "doc_id": f"d{i}", "query": f"Question {i}: what <u>is</u> it?"})
+        texts = (EMOJI_TEXT, PAYLOAD) if i == 0 else (f"Answer {i} one. More words here.", f"Answer {i} two.")
+        responses += [{"response_id": f"q{i}-r{k}", "query_id": f"q{i}", "model": "m", "text": t}
+                      for k, t in enumerate(texts, start=1)]  # fmt: skip
+    repo = DatasetRepo(path)
+    repo.write({schema.DOCUMENTS: docs, schema.QUERIES: queries, schema.RESPONSES: responses})
+    return repo
+
+
+@pytest.fixture
+def service(tmp_path):
+    make_repo(tmp_path / "repo")
+    svc = AnnotationService(AnnotateConfig(folder=str(tmp_path / "repo"), overlap=1, shuffle=False))
+    yield svc
+    svc.close()
+
+
+def span16(text: str, sub: str) -> tuple[int, int]:
+    """UTF-16 offsets of `sub` in `text` (what the page sends)."""
+    start = text.index(sub)
+    return codepoint_to_utf16(text, start), codepoint_to_utf16(text, start + len(sub))
+
+
+def test_offsets_between_utf16_and_python():
+    text = "a😀b🇫🇷c"
+    # hand-computed: 😀 is 1 code point / 2 UTF-16 units; 🇫🇷 is 2 code points / 4 units
+    assert [codepoint_to_utf16(text, i) for i in range(len(text) + 1)] == [0, 1, 3, 4, 6, 8, 9]
+    for cp in range(len(text) + 1):
+        assert utf16_to_codepoint(text, codepoint_to_utf16(text, cp)) == cp
+    assert text.encode("utf-16-le")[2 * 1 : 2 * 3].decode("utf-16-le") == "😀"
+    with pytest.raises(UserError, match="splits a character"):
+        utf16_to_codepoint(text, 2)
+    with pytest.raises(UserError, match="outside"):
+        utf16_to_codepoint(text, 10)
+
+
+def test_escape_html():
+    assert escape_html(PAYLOAD).startswith("&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=")
+    assert escape_html('"\'&') == "&quot;&#x27;&amp;"
+    assert escape_html(None) == ""
+
+
+def test_spans_round_trip_with_emoji_overlap_and_export(service, tmp_path):
+    tok = service.login("alice", "secret1")["token"]
+    item = service.get_item(tok)["item"]
+    assert item["item_id"] == "q0-r1~q0-r2"  # the overlap item comes first
+    text = item["responses"][0]["text"]
+    assert text == EMOJI_TEXT
+    a16 = span16(text, "capital 😀 of")
+    b16 = span16(text, "😀 of France")  # overlaps the first, opposite polarity
+    s1 = service.save_span(tok, item["item_id"], "q0-r1", {"start": a16[0], "end": a16[1], "polarity": "dislike",
+                           "reasons": ["dislike.factually_wrong"], "key": "k1"}, 4.0)["span"]  # fmt: skip
+    s2 = service.save_span(tok, item["item_id"], "q0-r1", {"start": b16[0], "end": b16[1], "polarity": "like",
+                           "reasons": ["like.useful_fact", "like.other"], "note": "nice <b>fact</b>"}, 2.5)["span"]  # fmt: skip
+    assert (s1["start"], s1["end"]) == (16, 28)  # counted by hand: 12 code points, 13 UTF-16 units
+    assert text[s2["start"] : s2["end"]] == "😀 of France"
+    # a retried create (same page key) saves the span once
+    again = service.save_span(tok, item["item_id"], "q0-r1", {"start": a16[0], "end": a16[1], "polarity": "dislike",
+                              "reasons": ["dislike.factually_wrong"], "key": "k1"})["span"]  # fmt: skip
+    assert again["span_id"] == s1["span_id"]
+    service.save_item(tok, item["item_id"], {"responses": [{"reasons": ["like.well_written"], "other_dislike": "too short"},
+                      {"reasons": []}], "choice": "a", "rationale": "A is grounded", "submit": True}, 3.5)  # fmt: skip
+
+    # what the page gets back after a reload
+    view = service.get_item(tok, 0)["item"]
+    spans = view["responses"][0]["spans"]
+    assert [(s["polarity"], s["text"]) for s in spans] == [("dislike", "capital 😀 of"), ("like", "😀 of France")]
+    assert (spans[0]["start16"], spans[0]["end16"]) == a16
+    assert view["submitted"] and view["choice"] == "a" and view["seconds"] == pytest.approx(10.0)
+
+    report = service.export()
+    assert (report.annotations, report.comparisons) == (2, 1)
+    import datasets
+
+    ann = {r["annotation_id"]: r for r in datasets.load_dataset(str(service.repo.path), "annotations")["train"]}
+    row = ann["ui-alice-q0-r1"]
+    assert row["annotator"] == "alice" and row["taxonomy"] == "spanpref-default@1"
+    got = [(s["start"], s["end"], s["polarity"], s["reasons"], s["note"]) for s in row["spans"]]
+    i, j = text.index("capital 😀 of"), text.index("😀 of France")
+    assert got == [(i, i + 12, "dislike", ["dislike.factually_wrong"], ""),
+                   (j, j + 11, "like", ["like.useful_fact", "like.other"], "nice <b>fact</b>")]  # fmt: skip
+    assert [text[s["start"] : s["end"]] for s in row["spans"]] == ["capital 😀 of", "😀 of France"]
+    assert row["response_reasons"] == [{"reason": "like.well_written", "note": ""},
+                                       {"reason": "dislike.other", "note": "too short"}]  # fmt: skip
+    assert row["seconds"] == pytest.approx(5.0)  # the pair's 10 s, half per response
+    assert ann["ui-alice-q0-r2"]["spans"] == []
+    (cmp,) = datasets.load_dataset(str(service.repo.path), "comparisons")["train"]
+    assert (cmp["annotator"], cmp["response_a"], cmp["response_b"], cmp["choice"], cmp["rationale"]) == (
+        "alice", "q0-r1", "q0-r2", "a", "A is grounded")
+    assert cmp["seconds"] == pytest.approx(10.0)
+
+
+def test_export_keeps_other_rows_and_replaces_its_own(service):
+    repo = service.repo
+    imported = {"annotation_id": "imp-1", "annotator": "qa-feedback", "response_id": "q1-r1",
+                "spans": [{"span_id": 1, "start": 0, "end": 6, "polarity": "dislike", "reasons": []}]}  # fmt: skip
+    repo.write({schema.ANNOTATIONS: [imported]})
+    tok = service.login("alice", "secret1")["token"]
+    item = service.get_item(tok)["item"]
+    sid = service.save_span(tok, item["item_id"], "q0-r1", {"start": 0, "end": 5, "polarity": "dislike"})["span"]
+    service.export()
+    service.delete_span(tok, item["item_id"], "q0-r1", sid["span_id"])
+    service.save_span(tok, item["item_id"], "q0-r1", {"start": 6, "end": 8, "polarity": "like"})
+    service.export()
+    rows = {r["annotation_id"]: r for r in open_repo(repo.path).read(schema.ANNOTATIONS)}
+    assert set(rows) == {"imp-1", "ui-alice-q0-r1"}
+    # UTF-16 [6, 8) is the regional indicator 🇫: one code point, so Python [6, 7)
+    assert [(s["span_id"], s["start"], s["end"]) for s in rows["ui-alice-q0-r1"]["spans"]] == [(1, 6, 7)]
+
+
+def test_annotators_never_see_or_write_each_others_work(service):
+    alice = service.login("alice", "secret1")["token"]
+    bob = service.login("bob", "secret2")["token"]
+    item_a = service.get_item(alice)["item"]
+    item_b = service.get_item(bob)["item"]
+    assert item_a["item_id"] == item_b["item_id"]  # the overlap item: both annotate it
+    span = service.save_span(alice, item_a["item_id"], "q0-r1", {"start": 0, "end": 5, "polarity": "dislike",
+                             "reasons": ["dislike.verbose"]})["span"]  # fmt: skip
+    service.save_item(alice, item_a["item_id"], {"choice": "b", "rationale": "alice's reason"})
+    # bob sees none of it
+    view = service.get_item(bob, 0)["item"]
+    assert view["responses"][0]["spans"] == [] and view["choice"] is None and view["rationale"] == ""
+    # bob cannot change or delete alice's span by naming its id: his calls act on his own records only
+    with pytest.raises(UserError, match="no span"):
+        service.save_span(bob, item_a["item_id"], "q0-r1", {"span_id": span["span_id"], "start": 0, "end": 2,
+                          "polarity": "like"})  # fmt: skip
+    assert service.delete_span(bob, item_a["item_id"], "q0-r1", span["span_id"]) == {"deleted": 0}
+    assert [s["end"] for s in service.get_item(alice, 0)["item"]["responses"][0]["spans"]] == [5]
+    # pool items go to one annotator each; the other cannot open or write them
+    service.save_item(alice, item_a["item_id"], {"choice": "a", "rationale": "x", "submit": True})
+    pool_item = service.get_item(alice)["item"]["item_id"]
+    assert pool_item != item_a["item_id"]
+    with pytest.raises(AuthError, match="not in your queue"):
+        service.save_span(bob, pool_item, pool_item.split("~")[0], {"start": 0, "end": 3, "polarity": "like"})
+    service.save_item(bob, item_b["item_id"], {"choice": "a", "rationale": "x", "submit": True})
+    assert service.get_item(bob)["item"]["item_id"] not in (pool_item, item_a["item_id"])
+    # a token is needed, and a name is claimed by its password
+    with pytest.raises(AuthError):
+        service.get_item("forged-token")
+    with pytest.raises(AuthError, match="wrong password"):
+        service.login("alice", "not-hers")
+
+
+def test_input_bounds_and_validation(service):
+    tok = service.login("alice", "secret1")["token"]
+    item = service.get_item(tok)["item"]
+    iid = item["item_id"]
+    bad = [
+        ({"start": 0, "end": 10_000, "polarity": "like"}, "outside the text"),
+        ({"start": 7, "end": 8, "polarity": "like"}, "splits a character"),  # inside 🇫 (a surrogate pair)
+        ({"start": 5, "end": 5, "polarity": "like"}, "needs some text"),
+        ({"start": 0, "end": 3, "polarity": "meh"}, "polarity"),
+        ({"start": 0, "end": 3, "polarity": "like", "reasons": ["dislike.verbose"]}, "not a like reason"),
+        ({"start": 0, "end": 3, "polarity": "like", "reasons": ["like.other"]}, "needs a note"),
+        ({"start": 0, "end": 3, "polarity": "like", "note": "x" * 2001}, "too long"),
+        ({"start": "0", "end": 3, "polarity": "like"}, "integer"),
+    ]
+    for span, message in bad:
+        with pytest.raises(UserError, match=message):
+            service.save_span(tok, iid, "q0-r1", span)
+    with pytest.raises(UserError, match="not part of item"):
+        service.save_span(tok, iid, "q1-r1", {"start": 0, "end": 3, "polarity": "like"})
+    with pytest.raises(UserError, match="rationale"):
+        service.save_item(tok, iid, {"choice": "a", "rationale": " ", "submit": True})
+    with pytest.raises(UserError, match="confirm"):
+        service.save_item(tok, iid, {"choice": "tie", "rationale": "same", "submit": True})
+    assert service.save_item(tok, iid, {"choice": "tie", "rationale": "same", "tie": "confirmed", "submit": True})["submitted"]
+    with pytest.raises(UserError, match="too long"):
+        service.save_item(tok, iid, {"rationale": "y" * 4001})
+    with pytest.raises(UserError, match="may only use"):
+        service.login("<script>", "secret1")
+    assert service.store.read("SELECT COUNT(*) AS n FROM spans")[0]["n"] == 0
+
+
+def test_queue_limits_progress_and_durability(tmp_path):
+    make_repo(tmp_path / "repo", n_queries=5)
+    cfg = AnnotateConfig(folder=str(tmp_path / "repo"), overlap=1, items_per_annotator=2, shuffle=False)
+    svc = AnnotationService(cfg)
+    tok = svc.login("alice", "secret1")["token"]
+    seen = []
+    while (item := svc.get_item(tok)["item"]) is not None:
+        seen.append(item["item_id"])
+        svc.save_item(tok, item["item_id"], {"choice": "a", "rationale": "r", "submit": True})
+    assert len(seen) == 3 == len(set(seen))  # 1 overlap + 2 from the pool
+    assert svc.progress("alice") == {"done": 3, "queue": 3, "target": 3}
+    svc.close()
+    # a fresh process (same database) resumes: the session, the queue and the work are all there
+    svc2 = AnnotationService(cfg)
+    assert svc2.resume(tok)["annotator"] == "alice"
+    assert [svc2.get_item(tok, i)["item"]["item_id"] for i in range(3)] == seen
+    db = sqlite3.connect(svc2.store.path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    svc2.close()
+
+
+def test_background_export_and_hub_push_requests(service):
+    tok = service.login("alice", "secret1")["token"]
+    item = service.get_item(tok)["item"]
+    exporter = BackgroundExporter(service, every=0.05).start()
+    service.save_span(tok, item["item_id"], "q0-r1", {"start": 0, "end": 5, "polarity": "dislike"})
+    exporter.stop()
+    assert [r["annotation_id"] for r in service.repo.read(schema.ANNOTATIONS)] == ["ui-alice-q0-r1"]
+
+    class RecordingApi:  # the Hub upload API is the one boundary no local server can play: record what it gets
+        def __init__(self):
+            self.calls = []
+
+        def create_repo(self, **kw):
+            self.calls.append(("create_repo", kw))
+            return SimpleNamespace(repo_id=kw["repo_id"])
+
+        def create_commit(self, **kw):
+            self.calls.append(("create_commit", kw))
+
+        def run_as_future(self, fn, *args):
+            future = Future()
+            future.set_result(fn(*args))
+            return future
+
+    api = RecordingApi()
+    scheduler = start_hub_sync(service, "org/feedback", every_minutes=60, api=api)
+    deadline = time.monotonic() + 20
+    while not any(name == "create_commit" for name, _ in api.calls) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the scheduler pushes once as soon as it starts
+    scheduler.stop()
+    assert api.calls[0] == ("create_repo", {"repo_id": "org/feedback", "private": True, "repo_type": "dataset",
+                                            "exist_ok": True})  # fmt: skip
+    commits = [kw for name, kw in api.calls if name == "create_commit"]
+    assert len(commits) == 1 and commits[0]["repo_id"] == "org/feedback" and commits[0]["repo_type"] == "dataset"
+    local = {p.relative_to(service.repo.path).as_posix(): p.read_bytes() for p in service.repo.path.rglob("*")
+             if p.is_file()}  # fmt: skip
+    sent = {op.path_in_repo: op.path_or_fileobj for op in commits[0]["operations"]}
+    assert sent == local  # every file, byte for byte, and nothing else
+    assert "README.md" in sent and any(p.startswith("data/annotations/") for p in sent)
+
+
+def test_page_route_enforces_the_session(service):
+    """The same HTTP route the page's JavaScript uses: every call needs a valid token, and concurrent saves
+    through it all land once."""
+    from tests._browser import free_port, served
+
+    demo = build_app(service.config, service)
+    with served(demo, free_port()) as url:
+        cfg = requests.get(url + "config", timeout=10).json()
+        (cid,) = [c["id"] for c in cfg["components"] if c.get("props", {}).get("server_fns")]
+
+        def call(fn, *args):
+            r = requests.post(url + "gradio_api/component_server/", timeout=30,
+                              json={"data": list(args), "component_id": cid, "session_hash": "t", "fn_name": fn})  # fmt: skip
+            r.raise_for_status()
+            return r.json()
+
+        assert call("get_item", "nope")["ok"] is False
+        tok = call("login", "carol", "secret3")["token"]
+        item = call("get_item", tok)["item"]
+        errors = []
+
+        def save(k):
+            r = call("save_span", tok, item["item_id"], "q0-r1", {"start": k, "end": k + 1, "polarity": "like",
+                                                                  "key": f"k{k}"})  # fmt: skip
+            if not r["ok"]:
+                errors.append(r)
+
+        threads = [threading.Thread(target=save, args=(k,)) for k in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        rows = service.store.read("SELECT span_id, start FROM spans WHERE annotator = 'carol' ORDER BY start")
+        assert [r["start"] for r in rows] == [0, 1, 2, 3, 4] and sorted(r["span_id"] for r in rows) == [1, 2, 3, 4, 5]
+        assert json.dumps(call("save_span", tok, "x", "y", {}))  # a bad call answers with an error, not a crash
