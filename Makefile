@@ -20,9 +20,9 @@ install:
 	# A real browser for the Gradio tests (playwright's own download does not work offline).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# The main job: qa-feedback span feedback -> chains -> pairs -> SFT / APO-down / DPO -> Elo table (resumable).
 demo: install
-	spanpref import qa-feedback $(QA_FEEDBACK) --output $(OUT) --overwrite
-	spanpref stats $(OUT)
+	spanpref demo --source $(QA_FEEDBACK) --output $(OUT) $(DEMO_ARGS)
 
 test:
 	$(TEST_ENV) $(PYTHON) -m pytest -q

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from spanpref.demo import DemoConfig
 from spanpref.generate import QueryGenerationConfig, ResponseGenerationConfig
 from spanpref.ui.annotate import AnnotateConfig, run_annotate
 from spanpref.ui.arena import ArenaConfig, run_arena
@@ -370,6 +371,15 @@ def run_pairs(args: PairsArgs) -> None:
     print(build_pairs(args.folder, cfg).summary())
 
 
+DemoArgs = DemoConfig
+
+
+def run_demo(args: DemoArgs) -> None:
+    from spanpref.demo import run_demo as demo
+
+    demo(args)
+
+
 @dataclass(kw_only=True)
 class SweepArgs:
     recipe: str = _arg("training recipe (YAML) whose learning rate is swept", positional=True)
@@ -436,6 +446,8 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     ),  # fmt: skip
     "push": Command("push", "upload a dataset repo folder to the Hugging Face Hub", PushArgs, run_push),
     "taxonomy": Command("taxonomy", "show a feedback taxonomy", TaxonomyArgs, run_taxonomy),
+    "demo": Command("demo", "end to end on the bundled model and data: feedback -> chains -> pairs -> SFT/APO/DPO -> "
+                    "Elo table", DemoArgs, run_demo),  # fmt: skip
     "sweep": Command("sweep", "train one run per learning rate and pick the best by a validation metric", SweepArgs,
                      run_sweep),  # fmt: skip
     "annotate": Command(

@@ -1,0 +1,231 @@
+"""`spanpref demo`: from real span feedback to an Elo table on the bundled model, in one resumable run.
+
+Stages (each one is the library function or command a user would run by hand, so the demo is also the tutorial):
+
+ 1. import     the bundled qa-feedback examples                     -> RUN/data (documents ... comparisons)
+ 2. chains     the `local` rewriter on a llama.cpp server           -> chains
+ 3. pairs      every pair construction, splits by query             -> pairs_*, sft_full_rewrite
+ 4. sft        LoRA SFT on the full rewrites a*                     -> RUN/models/sft
+ 5. apo_down   APO-down on the stepwise pairs, from the SFT model   -> RUN/models/apo-down
+ 6. dpo_ab     DPO on the A/B pairs, from the base model (baseline) -> RUN/models/dpo-ab
+ 7. generate   every model on the test prompts                      -> eval_outputs
+ 8. judge      the offline `reference` judge (ROUGE-L to the gold)   -> judgments
+ 9. elo        Bradley-Terry ratings with bootstrap intervals        -> ratings, RUN/report/{report.md,ratings.png}
+
+A rerun skips the stages that finished (`RUN/demo.json` records them with their times) and the unfinished stage
+resumes from its journal or checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("import", "chains", "pairs", "sft", "apo_down", "dpo_ab", "generate", "judge", "elo")
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    output: str = field(default="outputs/demo", metadata={"help": "run folder: everything goes under it"})
+    source: str = field(default="bundled", metadata={
+        "help": "qa-feedback file or folder, or `bundled` (the 300 bundled examples)"})  # fmt: skip
+    examples: int = field(default=40, metadata={"help": "qa-feedback examples to use (300 for all)"})
+    model: str = field(default="default", metadata={
+        "help": "model to tune and evaluate: an HF id or path; `default` is the bundled SmolLM2-135M-Instruct"})  # fmt: skip
+    chain_base_url: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible server for the rewriter (TGI, vLLM, llama.cpp); default: start llama.cpp on "
+        "the bundled GGUF"})  # fmt: skip
+    chain_model: str | None = field(default=None, metadata={"help": "model name sent to --chain-base-url"})
+    threads: int = field(default=max(1, min(os.cpu_count() or 1, 8)), metadata={
+        "help": "llama.cpp decoding threads"})  # fmt: skip
+    train_steps: int = field(default=8, metadata={"help": "optimizer steps of each training run"})
+    learning_rate: float | None = field(default=None, metadata={"help": "override the recipes' learning rate"})
+    max_length: int = field(default=1536, metadata={"help": "longest training sequence, in tokens"})
+    eval_prompts: int = field(default=8, metadata={"help": "test prompts to evaluate on (at most)"})
+    eval_max_new_tokens: int = field(default=160, metadata={"help": "longest evaluated answer, in tokens"})
+    rounds: int = field(default=1000, metadata={"help": "bootstrap rounds of the Elo intervals"})
+    max_document_chars: int = field(default=2000, metadata={
+        "help": "documents are cut to this many characters in every prompt (rewriting, training, evaluation)"})  # fmt: skip
+    seed: int = field(default=0, metadata={"help": "seed of the splits, sampling and bootstrap"})
+
+
+@dataclass
+class DemoState:
+    done: dict[str, float] = field(default_factory=dict)  # stage -> seconds it took
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> DemoState:
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+
+class Demo:
+    def __init__(self, cfg: DemoConfig):
+        self.cfg = cfg
+        self.run = Path(cfg.output)
+        self.data = self.run / "data"
+        self.models = self.run / "models"
+        self.report = self.run / "report"
+        self.state_path = self.run / "demo.json"
+
+    # -- the stages -------------------------------------------------------------------------------
+    def stage_import(self) -> str:
+        from spanpref.importers.qa_feedback import import_qa_feedback
+
+        return import_qa_feedback(self.cfg.source, self.data, limit=self.cfg.examples, overwrite=True).summary()
+
+    def stage_chains(self) -> str:
+        from spanpref.backends import build_backend
+        from spanpref.chains.build import build_chains
+
+        def run(base_url: str, model: str | None) -> str:
+            backend = build_backend("openai", base_url=base_url, model=model, max_concurrency=2)
+            report = build_chains(str(self.data), "local", backend, seed=self.cfg.seed, max_attempts=2,
+                                  max_document_chars=self.cfg.max_document_chars)  # fmt: skip
+            return report.summary()
+
+        if self.cfg.chain_base_url:
+            return run(self.cfg.chain_base_url, self.cfg.chain_model)
+        from spanpref.llama_server import LlamaServer
+
+        with LlamaServer(n_ctx=4096, n_parallel=2, n_threads=self.cfg.threads) as server:
+            return run(server.base_url, None)
+
+    def stage_pairs(self) -> str:
+        from spanpref.pairs import PairConfig, build_pairs
+
+        cfg = PairConfig(splits={"train": 0.7, "validation": 0.1, "test": 0.2}, seed=self.cfg.seed, rewriter="local",
+                         max_document_chars=self.cfg.max_document_chars)  # fmt: skip
+        return build_pairs(str(self.data), cfg).summary()
+
+    def _train(self, stage: str, recipe: str, output: str, model: str, extra: list[str] | None = None) -> str:
+        from spanpref.training.run import RESULTS_FILE, parse_args, train
+
+        out = self.models / output
+        if (out / RESULTS_FILE).is_file():
+            return f"{out} already trained"
+        if not Path(model).exists() and model.startswith(str(self.models)):
+            return f"skipped: its starting model {model} was not trained"
+        from spanpref.repo import open_repo
+
+        config = yaml.safe_load((RECIPES / recipe).read_text())["dataset_config"]
+        if "train" not in open_repo(self.data).splits(config):
+            return f"skipped: {config} has no training rows (too few valid chains; use more --examples)"
+        argv = ["--config", str(RECIPES / recipe), "--dataset_name", str(self.data), "--output_dir", str(out),
+                "--model_name_or_path", model, "--max_steps", str(self.cfg.train_steps), "--max_length",
+                str(self.cfg.max_length), "--merge_adapters", "--eval_strategy", "no", "--save_strategy", "steps",
+                "--save_steps", str(max(1, self.cfg.train_steps // 2)), "--logging_steps", "1",
+                "--seed", str(self.cfg.seed), "--max_eval_samples", "16", *(extra or [])]  # fmt: skip
+        if self.cfg.learning_rate is not None:
+            argv += ["--learning_rate", str(self.cfg.learning_rate)]
+        results = train(stage, *parse_args(stage, argv))
+        after = results.get("after") or {}
+        acc = after.get("eval_rewards/accuracies")
+        metric = f", validation preference accuracy {acc:.2f}" if acc is not None else ""
+        return f"{out}: {results['train_examples']} training examples, " \
+               f"{results.get('seconds_per_step', 0):.1f} s/step{metric}"  # fmt: skip
+
+    def stage_sft(self) -> str:
+        return self._train("sft", "smollm2-135m-instruct/sft/config_full_rewrite.yaml", "sft", self.cfg.model)
+
+    def stage_apo_down(self) -> str:
+        return self._train("dpo", "smollm2-135m-instruct/dpo/config_stepwise_apo_down.yaml", "apo-down",
+                           str(self.models / "sft"))  # fmt: skip
+
+    def stage_dpo_ab(self) -> str:
+        return self._train("dpo", "smollm2-135m-instruct/dpo/config_ab_sigmoid.yaml", "dpo-ab", self.cfg.model)
+
+    def eval_models(self) -> list[tuple[str, str]]:
+        """The base model and every model the demo trained (a stage skipped for lack of data has none)."""
+        trained = [("sft", self.models / "sft"), ("sft+apo-down (stepwise)", self.models / "apo-down"),
+                   ("dpo (A/B)", self.models / "dpo-ab")]  # fmt: skip
+        return [("base", self.cfg.model)] + [(name, str(p)) for name, p in trained if (p / "config.json").is_file()]
+
+    def stage_generate(self) -> str:
+        from spanpref.backends import GenerationConfig, build_backend
+        from spanpref.evaluation.generate import EvalGenerationConfig, generate_eval_outputs
+        from spanpref.models import resolve_model
+
+        gen = GenerationConfig(temperature=0.8, top_p=0.95, max_new_tokens=self.cfg.eval_max_new_tokens,
+                               seed=self.cfg.seed)  # fmt: skip
+        cfg = EvalGenerationConfig(limit=self.cfg.eval_prompts, max_document_chars=self.cfg.max_document_chars)
+        reports = generate_eval_outputs(
+            str(self.data), self.eval_models(),
+            lambda model: build_backend("transformers", model=resolve_model(model), batch_size=8, device="auto"),
+            gen, cfg,
+        )  # fmt: skip
+        return "\n".join(r.summary() for r in reports)
+
+    def stage_judge(self) -> str:
+        from spanpref.evaluation.judges import build_judge, judge_outputs
+
+        return judge_outputs(str(self.data), build_judge("reference"), seed=self.cfg.seed).summary()
+
+    def stage_elo(self) -> str:
+        from spanpref.cli import main
+
+        main(["eval", "elo", str(self.data), "--judge", "reference", "--rounds", str(self.cfg.rounds), "--seed",
+              str(self.cfg.seed)])  # fmt: skip
+        from spanpref.evaluation.report import write_report
+
+        md, png = write_report(str(self.data), self.report, rounds=self.cfg.rounds, seed=self.cfg.seed)
+        return f"report {md}, plot {png}"
+
+    # -- the driver -------------------------------------------------------------------------------
+    def run_all(self, on_stage: Callable[[str, str, float], None] | None = None) -> DemoState:
+        self.run.mkdir(parents=True, exist_ok=True)
+        (self.run / "demo_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        state = DemoState.load(self.state_path)
+        for k, stage in enumerate(STAGES, start=1):
+            if stage in state.done:
+                logger.info("[%d/%d] %s: done earlier (%.0f s)", k, len(STAGES), stage, state.done[stage])
+                continue
+            logger.info("[%d/%d] %s ...", k, len(STAGES), stage)
+            started = time.perf_counter()
+            summary = getattr(self, f"stage_{stage}")()
+            seconds = time.perf_counter() - started
+            state.done[stage], state.notes[stage] = seconds, summary
+            state.save(self.state_path)
+            logger.info("[%d/%d] %s: %.0f s\n%s", k, len(STAGES), stage, seconds, summary)
+            if on_stage:
+                on_stage(stage, summary, seconds)
+        return state
+
+    def closing_text(self, state: DemoState) -> str:
+        total = sum(state.done.values())
+        lines = ["", "spanpref demo finished. Time per stage:"]
+        lines += [f"  {s:9s} {state.done[s]:7.0f} s" for s in STAGES if s in state.done]
+        lines += [f"  {'total':9s} {total:7.0f} s", "", "Where things are:",
+                  f"  dataset repo (every config)  {self.data}   (load_dataset('{self.data}', 'pairs_stepwise'))",
+                  f"  models                       {self.models}/{{sft,apo-down,dpo-ab}} (model cards inside)",
+                  f"  Elo table and plot           {self.report}/report.md, {self.report}/ratings.png", "",
+                  "Publish them (needs `hf auth login`):",
+                  f"  spanpref push {self.data} YOUR-ORG/span-feedback-demo",
+                  f"  hf upload YOUR-ORG/smollm2-apo-down {self.models}/apo-down",
+                  "or retrain with --push_to_hub --hub_model_id YOUR-ORG/NAME (scripts/dpo.py).", ""]  # fmt: skip
+        return "\n".join(lines)
+
+
+def run_demo(cfg: DemoConfig) -> DemoState:
+    demo = Demo(cfg)
+    state = demo.run_all()
+    report = demo.report / "report.md"
+    if report.is_file():
+        print(report.read_text(encoding="utf-8").split("## Agreement")[0].rstrip())
+    print(demo.closing_text(state))
+    return state

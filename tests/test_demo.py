@@ -1,0 +1,51 @@
+"""The main job, reduced: `spanpref demo` end to end on the bundled model and data (the README's first command)."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from spanpref.cli import main
+from spanpref.demo import STAGES
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+
+def test_reduced_demo_end_to_end_then_resume(tmp_path, default_model_dir, capsys):
+    run = tmp_path / "demo"
+    argv = ["demo", "--output", str(run), "--examples", "12", "--train-steps", "2", "--eval-prompts", "3",
+            "--eval-max-new-tokens", "24", "--rounds", "200", "--max-length", "1024"]  # fmt: skip
+    assert main(argv) == 0
+    state = json.loads((run / "demo.json").read_text())
+    assert list(state["done"]) == list(STAGES)
+
+    data = run / "data"
+    chains = datasets.load_dataset(str(data), "chains", split="train")
+    assert len(chains) > 0 and {c["rewriter"] for c in chains} == {"local"}
+    outputs = datasets.load_dataset(str(data), "eval_outputs", split="train")
+    models = {o["model"] for o in outputs}
+    assert "base" in models and len(models) >= 2, state["notes"]
+    per_model = {m: sum(o["model"] == m for o in outputs) for m in models}
+    assert len(set(per_model.values())) == 1  # every model answered the same prompts
+    judgments = datasets.load_dataset(str(data), "judgments", split="train")
+    n_prompts = next(iter(per_model.values()))
+    assert len(judgments) == n_prompts * len(models) * (len(models) - 1) // 2  # every pair on every prompt
+    ratings = datasets.load_dataset(str(data), "ratings", split="train")
+    assert {r["model"] for r in ratings} == models
+    assert sum(r["rating"] for r in ratings) / len(ratings) == pytest.approx(1500, abs=1e-6)
+
+    report = (run / "report" / "report.md").read_text()
+    assert "| base |" in report or "| base " in report
+    assert (run / "report" / "ratings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("sft", "apo-down", "dpo-ab"):
+        card = run / "models" / name / "README.md"
+        if card.exists():
+            assert "## How it was made" in card.read_text()
+    out = capsys.readouterr().out
+    assert "Where things are:" in out and "spanpref push" in out
+
+    # a rerun finds every stage done and changes nothing
+    assert main(argv) == 0
+    assert json.loads((run / "demo.json").read_text()) == state
