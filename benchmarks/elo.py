@@ -5,6 +5,7 @@ difference between the two sets of intervals.
 The battles copy the paper's design: 7 models, every pair on every prompt (21 judgments per prompt), 140 prompts
 = 2,940 judgments, outcomes drawn (seeded) from known true ratings with some ties. Ties count half a win each,
 so they pull the fitted ratings toward each other: the fitted spread is narrower than the true one.
+It ends with an independent check on real data: the ratings of the qa-feedback preferences against choix.
 
     python benchmarks/elo.py                       # 1,000 rounds, per-round scipy BFGS
     python benchmarks/elo.py --solver choix        # per-round choix I-LSR instead
@@ -79,6 +80,30 @@ def refit_per_round(rows: list[dict], rounds: int, seed: int, solver: str) -> np
     return out
 
 
+def check_against_choix() -> float:
+    """Largest |ours - choix| in Elo on the qa-feedback preferences (players: the four answer slots; 1,800 real
+    judgments with ties). choix has no ties: a decisive judgment enters twice, a tie once each way."""
+    import choix
+
+    from spanpref.evaluation.elo import compute_elo
+    from spanpref.importers.qa_feedback import PREFERENCE_PAIRS, load_qa_feedback_records
+
+    _, records = load_qa_feedback_records("bundled")
+    rows, pairs = [], []
+    for n, rec in enumerate(records):
+        for (i, j), pref in zip(PREFERENCE_PAIRS, rec["preference"], strict=True):
+            rows.append({"query_id": f"q{n}", "model_a": f"prediction {i}", "model_b": f"prediction {j}",
+                         "winner": {1: "model_a", 2: "model_b", 0: "tie"}[pref]})  # fmt: skip
+            pairs += {1: [(i - 1, j - 1)] * 2, 2: [(j - 1, i - 1)] * 2, 0: [(i - 1, j - 1), (j - 1, i - 1)]}[pref]
+    ours = compute_elo(rows)
+    theta = choix.ilsr_pairwise(4, pairs, alpha=0.0, tol=1e-12)
+    theirs = {f"prediction {k + 1}": 1500 + ELO * (t - theta.mean()) for k, t in enumerate(theta)}
+    print(f"qa-feedback ({len(rows)} judgments, 4 answer slots): " + ", ".join(f"{m} {ours[m]:.2f}" for m in ours))
+    gap = max(abs(ours[m] - theirs[m]) for m in ours)
+    print(f"largest difference from choix.ilsr_pairwise: {gap:.2e} Elo")
+    return gap
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds")
@@ -115,10 +140,13 @@ def main() -> None:
     print(f"largest interval difference: {gap:.2e} Elo; largest per-round rating difference: {sample_gap:.2e} Elo")
     ok = gap < 0.01
     print("intervals agree within 0.01 Elo" if ok else "INTERVALS DIFFER")
+
+    choix_gap = check_against_choix()
+    ok = ok and choix_gap < 1.0
     if args.json:
         args.json.write_text(json.dumps({"judgments": len(rows), "rounds": args.rounds, "solver": args.solver,
                                          "vectorised_s": t_fast, "per_round_s": t_slow, "ratio": t_slow / t_fast,
-                                         "interval_gap": gap}, indent=2))  # fmt: skip
+                                         "interval_gap": gap, "choix_gap": choix_gap}, indent=2))  # fmt: skip
     if not ok:
         raise SystemExit(1)
 

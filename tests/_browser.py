@@ -20,7 +20,9 @@ CHROMIUM = os.environ.get("SPANPREF_CHROMIUM") or shutil.which("chromium") or "/
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]  # fmt: skip
 
-needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no Chromium installed (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="no Chromium installed (apt-get install chromium)"
+)
 
 
 def free_port() -> int:

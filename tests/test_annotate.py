@@ -73,7 +73,7 @@ def test_offsets_between_utf16_and_python():
 
 def test_escape_html():
     assert escape_html(PAYLOAD).startswith("&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=")
-    assert escape_html('"\'&') == "&quot;&#x27;&amp;"
+    assert escape_html("\"'&") == "&quot;&#x27;&amp;"
     assert escape_html(None) == ""
 
 
@@ -123,7 +123,12 @@ def test_spans_round_trip_with_emoji_overlap_and_export(service, tmp_path):
     assert ann["ui-alice-q0-r2"]["spans"] == []
     (cmp,) = datasets.load_dataset(str(service.repo.path), "comparisons")["train"]
     assert (cmp["annotator"], cmp["response_a"], cmp["response_b"], cmp["choice"], cmp["rationale"]) == (
-        "alice", "q0-r1", "q0-r2", "a", "A is grounded")
+        "alice",
+        "q0-r1",
+        "q0-r2",
+        "a",
+        "A is grounded",
+    )
     assert cmp["seconds"] == pytest.approx(10.0)
 
 
@@ -143,6 +148,29 @@ def test_export_keeps_other_rows_and_replaces_its_own(service):
     assert set(rows) == {"imp-1", "ui-alice-q0-r1"}
     # UTF-16 [6, 8) is the regional indicator 🇫: one code point, so Python [6, 7)
     assert [(s["span_id"], s["start"], s["end"]) for s in rows["ui-alice-q0-r1"]["spans"]] == [(1, 6, 7)]
+
+
+def test_a_lost_store_is_restored_from_the_export(service, tmp_path):
+    """A Space restarted without persistent storage starts with an empty database: the work it exported before
+    comes back into the store, and the next export writes the same rows."""
+    tok = service.login("alice", "secret1")["token"]
+    item = service.get_item(tok)["item"]
+    a16 = span16(EMOJI_TEXT, "😀 of France")
+    service.save_span(tok, item["item_id"], "q0-r1", {"start": a16[0], "end": a16[1], "polarity": "like",
+                      "reasons": ["like.other"], "note": "why"}, 7.0)  # fmt: skip
+    service.save_item(tok, item["item_id"], {"responses": [{"reasons": ["like.recap"]}, {"other_like": "tidy"}],
+                      "choice": "b", "rationale": "B", "submit": True})  # fmt: skip
+    service.get_item(tok)  # takes a pool item
+    service.export()
+    before = {n: service.repo.read(n) for n in (schema.ANNOTATIONS, schema.COMPARISONS)}
+    fresh = AnnotationService(AnnotateConfig(folder=str(service.repo.path), db=str(tmp_path / "new.sqlite"),
+                                             overlap=1, shuffle=False))  # fmt: skip
+    tok2 = fresh.login("alice", "secret1")["token"]  # a new database: the name is claimed again
+    view = fresh.get_item(tok2, 0)["item"]
+    assert [s["text"] for s in view["responses"][0]["spans"]] == ["😀 of France"] and view["submitted"]
+    fresh.export()
+    assert {n: fresh.repo.read(n) for n in before} == before
+    fresh.close()
 
 
 def test_annotators_never_see_or_write_each_others_work(service):
@@ -201,7 +229,9 @@ def test_input_bounds_and_validation(service):
         service.save_item(tok, iid, {"choice": "a", "rationale": " ", "submit": True})
     with pytest.raises(UserError, match="confirm"):
         service.save_item(tok, iid, {"choice": "tie", "rationale": "same", "submit": True})
-    assert service.save_item(tok, iid, {"choice": "tie", "rationale": "same", "tie": "confirmed", "submit": True})["submitted"]
+    assert service.save_item(tok, iid, {"choice": "tie", "rationale": "same", "tie": "confirmed", "submit": True})[
+        "submitted"
+    ]
     with pytest.raises(UserError, match="too long"):
         service.save_item(tok, iid, {"rationale": "y" * 4001})
     with pytest.raises(UserError, match="may only use"):
@@ -308,3 +338,31 @@ def test_page_route_enforces_the_session(service):
         rows = service.store.read("SELECT span_id, start FROM spans WHERE annotator = 'carol' ORDER BY start")
         assert [r["start"] for r in rows] == [0, 1, 2, 3, 4] and sorted(r["span_id"] for r in rows) == [1, 2, 3, 4, 5]
         assert json.dumps(call("save_span", tok, "x", "y", {}))  # a bad call answers with an error, not a crash
+
+
+def test_space_app_uses_oauth_names(tmp_path, monkeypatch):
+    """On a Space the app trusts only Hugging Face's OAuth session for the name (the session is the boundary no
+    local server can play, so a request object carrying one stands in for it)."""
+    make_repo(tmp_path / "repo")
+    monkeypatch.setenv("SPANPREF_ANNOTATE_DATA", str(tmp_path / "repo"))
+    monkeypatch.setenv("SPANPREF_ANNOTATORS", "alice")
+    monkeypatch.delenv("SPANPREF_ANNOTATE_PUSH", raising=False)
+    monkeypatch.setenv("SPANPREF_STATE_DIR", str(tmp_path / "annotate-state"))
+    from spanpref.ui.annotate import build_space_app
+
+    demo = build_space_app()
+    service = demo.service
+    try:
+        assert service.oauth and service.store.path == tmp_path / "annotate-state" / "annotate.sqlite"
+        with pytest.raises(AuthError, match="Hugging Face login"):
+            service.login("alice", "secret1")
+        signed_in = SimpleNamespace(session={"oauth_info": {"userinfo": {"preferred_username": "alice"}}})
+        tok = service.login_oauth(signed_in)["token"]
+        assert service.resume(tok)["annotator"] == "alice"
+        with pytest.raises(AuthError, match="not signed in"):
+            service.login_oauth(SimpleNamespace(session={}))
+        with pytest.raises(AuthError, match="not on this server's list"):
+            service.login_oauth(SimpleNamespace(session={"oauth_info": {"userinfo": {"preferred_username": "eve"}}}))
+    finally:
+        demo.exporter.stop()
+        service.close()

@@ -35,10 +35,12 @@ def test_fleiss_kappa_by_hand():
 
 
 def test_comparison_table_puts_both_orders_of_a_pair_together():
-    rows = [{"comparison_id": "1", "response_a": "r1", "response_b": "r2", "choice": "a"},
-            {"comparison_id": "2", "response_a": "r2", "response_b": "r1", "choice": "b"},  # same as "a" above
-            {"comparison_id": "3", "response_a": "r1", "response_b": "r2", "choice": "tie"},
-            {"comparison_id": "4", "response_a": "r3", "response_b": "r4", "choice": "a"}]  # one rater: left out
+    rows = [
+        {"comparison_id": "1", "response_a": "r1", "response_b": "r2", "choice": "a"},
+        {"comparison_id": "2", "response_a": "r2", "response_b": "r1", "choice": "b"},  # same as "a" above
+        {"comparison_id": "3", "response_a": "r1", "response_b": "r2", "choice": "tie"},
+        {"comparison_id": "4", "response_a": "r3", "response_b": "r4", "choice": "a"},
+    ]  # one rater: left out
     table, items = build_comparison_table(rows)
     assert items == [("r1", "r2")]
     np.testing.assert_array_equal(table, [[2, 0, 1]])
@@ -78,7 +80,7 @@ def test_report_has_table2_plot_agreement_kappa_and_times(tmp_path):
               "winner": {"a": "model_a", "b": "model_b", "tie": "tie"}[c["choice"]]} for c in comparisons]  # fmt: skip
     # a second "judge" with a simple rule (mostly the lower slot number), unparsable on one pair
     machine = [{**h, "judgment_id": f"m-{h['judgment_id']}", "judge": "machine",
-                "winner": "model_a" if i % 3 else "model_b"} for i, h in enumerate(human)]  # fmt: skip
+                "winner": "model_a" if i % 4 else "model_b"} for i, h in enumerate(human)]  # fmt: skip
     machine[0]["winner"] = None
     # two more annotators on the first three comparisons: with qa-feedback's own choice, a known table
     first = comparisons[:3]
@@ -90,7 +92,7 @@ def test_report_has_table2_plot_agreement_kappa_and_times(tmp_path):
                           "response_a": c["response_b"] if flipped else c["response_a"],
                           "response_b": c["response_a"] if flipped else c["response_b"],
                           "choice": {"a": "b", "b": "a"}.get(choice, choice) if flipped else choice,
-                          "seconds": [400.0, 420.0, 5000.0][k] if annotator == "ann2" else 430.0 + k})  # fmt: skip
+                          "seconds": [300.0, 500.0, 5000.0][k] if annotator == "ann2" else [400.0, 410.0, 420.0][k]})  # fmt: skip
     repo.write({schema.JUDGMENTS: human + machine, schema.COMPARISONS: comparisons + extra})
     report = build_report(folder, rounds=100, seed=0)
 
@@ -103,7 +105,8 @@ def test_report_has_table2_plot_agreement_kappa_and_times(tmp_path):
     assert report.kappa_items == 3 and report.fleiss_kappa == pytest.approx(compute_fleiss_kappa(table))
     times = {t.what: t for t in report.times}
     assert times["A/B comparison"].items == 6 and times["A/B comparison"].kept == 5  # 5000 s is an outlier
-    assert times["A/B comparison"].mean == pytest.approx((400 + 420 + 430 + 431 + 432) / 5)
+    # median 415, IQR 480 - 402.5 = 77.5: 300 is 115 from the median (kept), 5000 is not
+    assert times["A/B comparison"].mean == pytest.approx((300 + 400 + 410 + 420 + 500) / 5)
 
     # agreement: one verdict each per pair, so it is the share of equal verdicts among pairs both judged
     shared = [(h, m) for h, m in zip(human, machine, strict=True) if m["winner"] is not None]

@@ -162,6 +162,24 @@ def test_an_interrupted_judging_run_keeps_its_verdicts_and_resumes(tmp_path):
     assert len(rows) == len({r["judgment_id"] for r in rows}) == 18
 
 
+def test_unjudgeable_pairs_are_recorded_and_can_be_retried(tmp_path):
+    repo = qa_feedback_repo(tmp_path / "r", limit=2)
+    references = repo.read(schema.REFERENCES)
+    repo.remove([schema.REFERENCES])
+    repo.write({schema.REFERENCES: references[:1]})  # the second question loses its gold answer
+    report = judge_outputs(repo.path, build_judge("reference"))
+    assert (report.judged, report.unparsable) == (12, 6)
+    missing = [r for r in repo.read(schema.JUDGMENTS) if r["winner"] is None]
+    assert {r["query_id"] for r in missing} == {"qaf-00001-q"} and len(missing) == 6
+    assert all(r["parse_error"] == "no reference answer for query 'qaf-00001-q'" for r in missing)
+    repo.write({schema.REFERENCES: references})
+    assert judge_outputs(repo.path, build_judge("reference")).judged == 0  # kept as they are by default
+    again = judge_outputs(repo.path, build_judge("reference"), retry_unparsable=True)
+    assert (again.judged, again.unparsable) == (6, 0)
+    rows = repo.read(schema.JUDGMENTS)
+    assert len(rows) == 12 and all(r["winner"] is not None for r in rows)
+
+
 def test_every_model_pair_on_every_prompt(tmp_path):
     qa_feedback_repo(tmp_path / "r", limit=2)
     tasks = build_tasks(tmp_path / "r", "x")
@@ -208,10 +226,10 @@ def test_llm_judge_records_every_verdict_parsed_or_not(tmp_path, llama_server):
         verdict, error = parse_llm_verdict(r["raw_output"])
         assert (r["winner"] is None) == (verdict is None) and r["parse_error"] == error
         if verdict is not None:  # the recorded winner is the verdict on the shown order, un-swapped
-            first_won = verdict == "first"
-            expected = "tie" if verdict == "tie" else r["shown_first"] if first_won else (
-                r["model_b"] if r["shown_first"] == r["model_a"] else r["model_a"])  # fmt: skip
-            assert r["winner"] == ("tie" if expected == "tie" else "model_a" if expected == r["model_a"] else "model_b")
+            shown = [r["shown_first"], r["model_b"] if r["shown_first"] == r["model_a"] else r["model_a"]]
+            winner_model = {"first": shown[0], "second": shown[1]}.get(verdict)
+            expected = "tie" if winner_model is None else "model_a" if winner_model == r["model_a"] else "model_b"
+            assert r["winner"] == expected, r
 
 
 @pytest.mark.slow
@@ -238,3 +256,74 @@ def test_alpaca_eval_annotator_against_a_local_server(tmp_path, llama_server, mo
             other = r["model_b"] if r["shown_first"] == r["model_a"] else r["model_a"]
             winner_model = r["shown_first"] if shown_first_won else other
             assert r["winner"] == ("model_a" if winner_model == r["model_a"] else "model_b"), r
+
+
+class RecordingOpenAI:
+    """A stand-in for OpenAI's chat completions API on 127.0.0.1 (the one boundary no local server can play):
+    records every request and ranks first whichever answer the prompt shows first as "model_1"."""
+
+    REPLY = "[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]"
+
+    def __init__(self):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
+                reply = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": outer.REPLY}}],
+                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}  # fmt: skip
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_alpaca_eval_gpt4_configuration_sends_alpaca_evals_request(tmp_path, monkeypatch):
+    api = RecordingOpenAI()
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.setenv("OPENAI_BASE_URL", api.base_url)  # the openai client's own setting; no --base-url
+        repo = qa_feedback_repo(tmp_path / "r", limit=1)
+        outputs = [o for o in repo.read(schema.EVAL_OUTPUTS) if o["model"] in ("prediction 1", "prediction 2")]
+        repo.write({schema.EVAL_OUTPUTS: outputs})
+        judge = build_judge("alpaca_eval")
+        assert judge.annotators_config == "alpaca_eval_gpt4"
+        report = judge_outputs(repo.path, judge)
+    finally:
+        api.close()
+    (row,) = repo.read(schema.JUDGMENTS)
+    assert report.judged == 1 and row["raw_output"] == RecordingOpenAI.REPLY
+    (request,) = api.requests
+    assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
+    assert request["model"] == "gpt-4" and request["temperature"] == 0 and request["max_tokens"] == 100
+    system, user = request["messages"]
+    assert system["role"] == "system" and "ranks models by the quality of their answers" in system["content"]
+    text = {o["model"]: o["text"] for o in outputs}
+    assert repo.read(schema.QUERIES)[0]["query"] in user["content"]
+    # AlpacaEval may swap the two outputs again inside its prompt; the winner must be whichever it showed as model_1
+    model_1 = user["content"].split('"model": "model_1"')[1].split('"model": "model_2"')[0]
+    shown_1 = "prediction 1" if text["prediction 1"][:200] in model_1 else "prediction 2"
+    assert text[shown_1][:200] in model_1
+    assert row["winner"] == ("model_a" if shown_1 == "prediction 1" else "model_b")

@@ -110,8 +110,11 @@ def run_eval_elo(args: EvalEloArgs) -> None:
     judges = [args.judge] if args.judge else sorted({r["judge"] for r in judgments})
     rows = []
     for judge in judges:
-        ratings = compute_ratings(judgments, judge=judge, rounds=args.rounds, seed=args.seed, anchor=args.anchor,
-                                  prior=args.prior)  # fmt: skip
+        try:
+            ratings = compute_ratings(judgments, judge=judge, rounds=args.rounds, seed=args.seed, anchor=args.anchor,
+                                      prior=args.prior)  # fmt: skip
+        except ValueError as e:
+            raise CLIError(f"judge {judge}: {e}") from e
         n = sum(r["judge"] == judge for r in judgments)
         unparsable = sum(r["judge"] == judge and r["winner"] is None for r in judgments)
         print(f"\njudge {judge}: {n} judgment(s), {unparsable} unparsable (skipped); {args.rounds} bootstrap rounds")
@@ -147,14 +150,27 @@ def run_eval_report(args: EvalReportArgs) -> None:
 
 
 EVAL_COMMANDS = {
-    "generate": Command("generate", "each model's responses to the held-out test prompts", EvalGenerateArgs,
-                        run_eval_generate),  # fmt: skip
-    "judge": Command("judge", "judge every model pair on every prompt (reference, llm or alpaca_eval)", EvalJudgeArgs,
-                     run_eval_judge),  # fmt: skip
-    "elo": Command("elo", "Elo ratings with bootstrap intervals from the judgments; writes the ratings config",
-                   EvalEloArgs, run_eval_elo),  # fmt: skip
-    "report": Command("report", "Markdown report (the paper's Table 2), plot, judge and annotator agreement",
-                      EvalReportArgs, run_eval_report),  # fmt: skip
+    "generate": Command(
+        "generate", "each model's responses to the held-out test prompts", EvalGenerateArgs, run_eval_generate
+    ),  # fmt: skip
+    "judge": Command(
+        "judge",
+        "judge every model pair on every prompt (reference, llm or alpaca_eval)",
+        EvalJudgeArgs,
+        run_eval_judge,
+    ),  # fmt: skip
+    "elo": Command(
+        "elo",
+        "Elo ratings with bootstrap intervals from the judgments; writes the ratings config",
+        EvalEloArgs,
+        run_eval_elo,
+    ),  # fmt: skip
+    "report": Command(
+        "report",
+        "Markdown report (the paper's Table 2), plot, judge and annotator agreement",
+        EvalReportArgs,
+        run_eval_report,
+    ),  # fmt: skip
 }
 for _name, _command in EVAL_COMMANDS.items():
     cli.register(("eval", _name), _command)

@@ -246,8 +246,14 @@ def plot_ratings(report: EvalReport, path: str | os.PathLike) -> Path:
         by = {r.model: r for r in report.ratings[judge]}
         ys = [k for k, m in enumerate(models) if m in by]
         diffs = [by[models[k]].diff or 0.0 for k in ys]
-        lows = [d - (by[models[k]].ci_low if by[models[k]].ci_low is not None else d) for k, d in zip(ys, diffs)]
-        highs = [(by[models[k]].ci_high if by[models[k]].ci_high is not None else d) - d for k, d in zip(ys, diffs)]
+        lows = [
+            d - (by[models[k]].ci_low if by[models[k]].ci_low is not None else d)
+            for k, d in zip(ys, diffs, strict=True)
+        ]
+        highs = [
+            (by[models[k]].ci_high if by[models[k]].ci_high is not None else d) - d
+            for k, d in zip(ys, diffs, strict=True)
+        ]
         ax.errorbar(diffs, ys, xerr=[lows, highs], fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=0.8, ls="--")
         ax.set_title(f"{judge}" + (" (humans)" if judge in report.human_judges else ""))
@@ -263,7 +269,9 @@ def plot_ratings(report: EvalReport, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_report(folder: str | os.PathLike, output: str | os.PathLike | None = None, **kwargs: Any) -> tuple[Path, Path]:
+def write_report(
+    folder: str | os.PathLike, output: str | os.PathLike | None = None, **kwargs: Any
+) -> tuple[Path, Path]:
     """report.md and ratings.png into `output` (default: FOLDER/reports/eval); returns their paths."""
     report = build_report(folder, **kwargs)
     out = Path(output) if output else Path(folder) / "reports" / "eval"

@@ -201,6 +201,7 @@ class AnnotationService:
         self.changed = threading.Event()  # set by every write; the background exporter clears it
         self.export_lock = threading.Lock()
         self._assign_lock = threading.Lock()
+        self.restore_from_repo()
 
     # -- identity --------------------------------------------------------------------------------------
     def login(self, name: Any, password: Any, access_code: Any = None) -> dict[str, Any]:
@@ -475,7 +476,7 @@ class AnnotationService:
         """Every annotator's work as records of the annotations and comparisons configs (Python offsets)."""
         items = {(r["annotator"], r["item_id"]): dict(r) for r in self.store.read("SELECT * FROM items")}
         spans: dict[tuple[str, str], list[schema.Span]] = {}
-        for r in self.store.read('SELECT * FROM spans ORDER BY annotator, response_id, span_id'):
+        for r in self.store.read("SELECT * FROM spans ORDER BY annotator, response_id, span_id"):
             spans.setdefault((r["annotator"], r["response_id"]), []).append(schema.Span(
                 span_id=r["span_id"], start=r["start"], end=r["end"], polarity=r["polarity"],
                 reasons=json.loads(r["reasons"]), note=r["note"]))  # fmt: skip
@@ -531,6 +532,51 @@ class AnnotationService:
             logger.info("%s to %s", report.summary(), self.repo.path)
             return report
 
+    def restore_from_repo(self) -> int:
+        """Read back into the store the work this app exported earlier but the store lacks (a Space restarted
+        without persistent storage starts from an empty database). Items the store already has any record of,
+        for that annotator, are left alone. Returns the number of (annotator, item) pairs restored."""
+        if not (self.repo.has(schema.ANNOTATIONS) or self.repo.has(schema.COMPARISONS)):
+            return 0
+        known = {(r["annotator"], r["item_id"]) for r in self.store.read("SELECT annotator, item_id FROM items")}
+        ours = lambda name, col: [r for r in (self.repo.read(name) if self.repo.has(name) else [])  # noqa: E731
+                                  if str(r[col]).startswith(ID_PREFIX)]  # fmt: skip
+        restored: set[tuple[str, str]] = set()
+        now = time.time()
+        with self.store.write() as db:
+
+            def claim(annotator: str, item_id: str, seconds: float | None) -> bool:
+                if (annotator, item_id) in known and (annotator, item_id) not in restored:
+                    return False
+                if (annotator, item_id) not in restored:
+                    db.execute("INSERT INTO items (annotator, item_id, seconds, updated) VALUES (?, ?, ?, ?)",
+                               (annotator, item_id, seconds or 0.0, now))  # fmt: skip
+                    if item_id in self.pool:
+                        db.execute("INSERT OR IGNORE INTO assignments VALUES (?, ?, ?)", (item_id, annotator, now))
+                    restored.add((annotator, item_id))
+                return True
+
+            for row in ours(schema.COMPARISONS, "comparison_id"):
+                item_id = f"{row['response_a']}~{row['response_b']}"
+                if item_id in self.by_id and claim(row["annotator"], item_id, row["seconds"]):
+                    db.execute("UPDATE items SET choice = ?, rationale = ?, submitted = ? WHERE annotator = ? AND "
+                               "item_id = ?", (row["choice"], row["rationale"], now, row["annotator"], item_id))  # fmt: skip
+            for row in ours(schema.ANNOTATIONS, "annotation_id"):
+                item = self.item_of_response.get(row["response_id"])
+                seconds = None if row["seconds"] is None else 2 * row["seconds"]
+                if item is None or not claim(row["annotator"], item.item_id, seconds):
+                    continue
+                for sp in row["spans"]:
+                    db.execute("INSERT OR IGNORE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                               (row["annotator"], row["response_id"], sp["span_id"], sp["start"], sp["end"],
+                                sp["polarity"], json.dumps(sp["reasons"] or []), sp["note"] or "", now))  # fmt: skip
+                if row["response_reasons"]:
+                    db.execute("INSERT OR REPLACE INTO response_reasons VALUES (?, ?, ?, ?)",
+                               (row["annotator"], row["response_id"], json.dumps(row["response_reasons"]), now))  # fmt: skip
+        if restored:
+            logger.info("restored %d annotator item(s) from the exported configs of %s", len(restored), self.repo.path)
+        return len(restored)
+
     def close(self) -> None:
         self.store.close()
 
@@ -574,8 +620,9 @@ class BackgroundExporter:
             self._export()
 
 
-def start_hub_sync(service: AnnotationService, repo_id: str, every_minutes: float, *, private: bool = True,
-                   api: Any = None) -> Any:
+def start_hub_sync(
+    service: AnnotationService, repo_id: str, every_minutes: float, *, private: bool = True, api: Any = None
+) -> Any:
     """Push the repo folder to a Hub dataset every few minutes with a `huggingface_hub.CommitScheduler`.
 
     The stock scheduler expects an append-only folder and reads files after releasing its lock; an export
@@ -645,7 +692,7 @@ def build_app(config: AnnotateConfig, service: AnnotationService | None = None) 
     ]
     with gr.Blocks(title=config.title) as demo:
         gr.Markdown(f"## {config.title}")
-        if service.oauth:
+        if service.oauth and on_spaces():  # outside a Space, gradio's mocked OAuth needs a saved HF token
             gr.LoginButton()
         with gr.Accordion("Guidelines (read these first)", open=False):
             gr.Markdown(guidelines_markdown())
@@ -669,7 +716,11 @@ def serve(config: AnnotateConfig, *, block: bool = True) -> Any:
     demo = build_app(config)
     service: AnnotationService = demo.service
     exporter = BackgroundExporter(service, config.export_every)
-    scheduler = start_hub_sync(service, config.hub_repo, config.hub_every, private=config.hub_private) if config.hub_repo else None
+    scheduler = (
+        start_hub_sync(service, config.hub_repo, config.hub_every, private=config.hub_private)
+        if config.hub_repo
+        else None
+    )
     exporter.start()
     demo.exporter, demo.scheduler = exporter, scheduler
     logger.info("annotating %d items (%d overlap) from %s; store %s", len(service.items), len(service.overlap),
@@ -681,6 +732,39 @@ def serve(config: AnnotateConfig, *, block: bool = True) -> Any:
             exporter.stop()
             if scheduler is not None:
                 scheduler.stop()
+    return demo
+
+
+def build_space_app() -> Any:
+    """The app as a Hugging Face Space runs it, configured by Space variables (see spaces/annotate/README.md):
+    `SPANPREF_ANNOTATE_DATA` (a Hub dataset id or a folder), `SPANPREF_ANNOTATE_PUSH` (dataset to push to;
+    default: the data's id), `SPANPREF_ANNOTATORS` (comma-separated HF names; default: anyone signed in),
+    `SPANPREF_OVERLAP` and `SPANPREF_ITEMS_PER_ANNOTATOR`. State (database, working copy of the dataset) lives in
+    `SPANPREF_STATE_DIR`, by default /data when the Space has persistent storage, else ./annotate-state."""
+    data = os.environ.get("SPANPREF_ANNOTATE_DATA")
+    if not data:
+        raise UserError("set the Space variable SPANPREF_ANNOTATE_DATA to the dataset to annotate (org/name)")
+    state = Path(
+        os.environ.get("SPANPREF_STATE_DIR") or ("/data" if os.access("/data", os.W_OK) else "annotate-state")
+    )
+    state = state.resolve()
+    if Path(data).is_dir():
+        folder, push = Path(data), os.environ.get("SPANPREF_ANNOTATE_PUSH")
+    else:
+        folder, push = state / "repo", os.environ.get("SPANPREF_ANNOTATE_PUSH") or data
+        if not (folder / "README.md").is_file():  # on persistent storage the folder from last time is newer
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(repo_id=data, repo_type="dataset", local_dir=folder)
+    per = os.environ.get("SPANPREF_ITEMS_PER_ANNOTATOR")
+    config = AnnotateConfig(
+        folder=str(folder), db=str(state / "annotate.sqlite"), oauth=True, hub_repo=push or None,
+        overlap=int(os.environ.get("SPANPREF_OVERLAP", "5")), items_per_annotator=int(per) if per else None,
+        annotators=[a.strip() for a in os.environ.get("SPANPREF_ANNOTATORS", "").split(",") if a.strip()] or None,
+    )  # fmt: skip
+    demo = build_app(config)
+    demo.exporter = BackgroundExporter(demo.service, config.export_every).start()
+    demo.scheduler = start_hub_sync(demo.service, push, config.hub_every) if push else None
     return demo
 
 

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import html
@@ -212,10 +213,9 @@ class SQLiteStore:
     def close(self) -> None:
         with self._connections_lock:
             for db in self._connections:
-                try:
+                # a connection made in another thread may refuse; it goes away with its thread
+                with contextlib.suppress(sqlite3.ProgrammingError):
                     db.close()
-                except sqlite3.ProgrammingError:  # made in another thread that has ended; nothing to do
-                    pass
             self._connections.clear()
         self._local = threading.local()
 

@@ -334,7 +334,7 @@
     st.popup = ctx;
     drawPopup();
     popup.classList.remove("sp-hidden");
-    const w = 350, hgt = Math.min(popup.offsetHeight || 400, window.innerHeight * 0.7);
+    const w = popup.offsetWidth || 540, hgt = Math.min(popup.offsetHeight || 400, window.innerHeight * 0.7);
     let top = rect.bottom + 8;
     if (top + hgt > window.innerHeight - 8) top = Math.max(8, rect.top - hgt - 8);
     popup.style.top = top + "px";
@@ -352,8 +352,8 @@
     const polSwitch = ["like", "dislike"].map((p) => h("label", {},
       h("input", { type: "radio", name: "sp-pop-pol", value: p, checked: p === pol,
                    onchange: () => { s.reasons = gatherPopup().reasons; s.note = gatherPopup().note; s.polarity = p; drawPopup(); } }), " " + p + " "));
-    const groups = tax[pol].map((g) => h("div", { class: "sp-group" }, h("div", { class: "sp-group-label", text: g.label }),
-      g.reasons.map((x) => h("label", { class: "sp-reason" }, h("input", { type: "checkbox", value: x.id, checked: ticked.has(x.id) }), " " + x.label))));
+    const groups = h("div", { class: "sp-groups" }, tax[pol].map((g) => h("div", { class: "sp-group" }, h("div", { class: "sp-group-label", text: g.label }),
+      g.reasons.map((x) => h("label", { class: "sp-reason" }, h("input", { type: "checkbox", value: x.id, checked: ticked.has(x.id) }), " " + x.label)))));
     const other = tax.other[pol];
     const note = h("textarea", { rows: 2, name: "note", maxlength: st.info.bounds.note, placeholder: "Other: say why (optional otherwise)", value: s.note || "" });
     const parts = [

@@ -1,0 +1,196 @@
+"""Load on the annotation app: N simulated annotators save spans concurrently for a while, through the same HTTP
+route the page's JavaScript uses (Gradio's component-server route, one call per saved span). Prints save latency
+percentiles and checks that every acknowledged save is in the SQLite store and in the exported annotations config
+exactly once (and that nothing else is).
+
+    python benchmarks/annotate_load.py                         # 50 annotators, 60 s, bundled qa-feedback items
+    python benchmarks/annotate_load.py --annotators 20 --seconds 15
+
+The app runs in its own process (`spanpref annotate`), as it would for real annotators; the load generator uses
+one thread and one keep-alive HTTP connection per annotator. Each annotator saves spans back to back (no think
+time), so this is far more load than 50 people produce, and every tenth save also submits the item and fetches
+the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from spanpref.importers.qa_feedback import import_qa_feedback
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def utf16(text: str, offset: int) -> int:
+    return offset + sum(1 for ch in text[:offset] if ord(ch) > 0xFFFF)
+
+
+class Page:
+    """What one annotator's page does, over HTTP."""
+
+    def __init__(self, url: str, component_id: int):
+        self.url, self.cid = url, component_id
+        self.http = requests.Session()
+        self.session_hash = os.urandom(6).hex()
+
+    def call(self, fn: str, *args):
+        r = self.http.post(self.url + "gradio_api/component_server/", timeout=60,
+                           json={"data": list(args), "component_id": self.cid, "session_hash": self.session_hash,
+                                 "fn_name": fn})  # fmt: skip
+        r.raise_for_status()
+        out = r.json()
+        if not out.get("ok"):
+            raise RuntimeError(f"{fn}: {out.get('error')}")
+        return out
+
+
+def annotator(k: int, url: str, cid: int, stop_at: float, seed: int, out: dict) -> None:
+    rng = random.Random(seed * 1000 + k)
+    page = Page(url, cid)
+    latencies, acked, errors = [], [], []
+    try:
+        token = page.call("login", f"annotator{k:02d}", f"password-{k}")["token"]
+        item = page.call("get_item", token)["item"]
+        n = 0
+        while item is not None and time.time() < stop_at:
+            j = rng.randrange(2)
+            resp = item["responses"][j]
+            text = resp["text"]
+            start = rng.randrange(len(text) - 1)
+            end = min(len(text), start + rng.randint(1, 40))
+            span = {"start": utf16(text, start), "end": utf16(text, end), "polarity": rng.choice(["like", "dislike"]),
+                    "reasons": [], "note": f"load {k}-{n}", "key": f"{k}-{n}"}  # fmt: skip
+            t0 = time.perf_counter()
+            try:
+                saved = page.call("save_span", token, item["item_id"], resp["response_id"], span, 1.0)["span"]
+            except Exception as e:  # counted, and the run goes on
+                errors.append(repr(e)[:200])
+                continue
+            finally:
+                n += 1
+            latencies.append(time.perf_counter() - t0)
+            acked.append((f"annotator{k:02d}", resp["response_id"], saved["span_id"], start, end))
+            if n % 10 == 0:
+                page.call(
+                    "save_item", token, item["item_id"], {"choice": "a", "rationale": "load", "submit": True}, 1.0
+                )
+                item = page.call("get_item", token)["item"]
+    except Exception as e:
+        errors.append(repr(e)[:200])
+    out[k] = {"latencies": latencies, "acked": acked, "errors": errors}
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotators", type=int, default=50, help="simulated annotators saving at once")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long they keep saving")
+    parser.add_argument("--examples", type=int, default=300, help="qa-feedback examples to build items from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "repo"
+        db = Path(tmp) / "annotate.sqlite"
+        import_qa_feedback("bundled", folder, limit=args.examples)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/"
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+        server = subprocess.Popen([sys.executable, "-c", "from spanpref.cli import main; raise SystemExit(main())",
+                                   "annotate", str(folder), "--port", str(port), "--db", str(db), "--overlap", "5",
+                                   "--export-every", "10"], env=env)  # fmt: skip
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    cfg = requests.get(url + "config", timeout=5).json()
+                    break
+                except requests.RequestException:
+                    if time.time() > deadline or server.poll() is not None:
+                        raise SystemExit("the app did not start") from None
+                    time.sleep(0.5)
+            (cid,) = [c["id"] for c in cfg["components"] if c.get("props", {}).get("server_fns")]
+            results: dict[int, dict] = {}
+            stop_at = time.time() + args.seconds
+            threads = [threading.Thread(target=annotator, args=(k, url, cid, stop_at, args.seed, results))
+                       for k in range(args.annotators)]  # fmt: skip
+            t0 = time.time()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.time() - t0
+        finally:
+            server.send_signal(signal.SIGINT)  # the app exports once more on the way out
+            try:
+                server.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+        latencies = [x for r in results.values() for x in r["latencies"]]
+        acked = [a for r in results.values() for a in r["acked"]]
+        errors = [e for r in results.values() for e in r["errors"]]
+
+        # every acknowledged save is in the store exactly once, with its offsets, and nothing else is
+        con = sqlite3.connect(db)
+        stored = con.execute('SELECT annotator, response_id, span_id, start, "end" FROM spans').fetchall()
+        con.close()
+        acked_set, stored_set = set(acked), set(stored)
+        lost_store = len(acked_set - stored_set)
+        extra_store = len(stored) - len(acked_set & stored_set)
+        dup_acks = len(acked) - len(acked_set)
+
+        import datasets
+
+        rows = datasets.load_dataset(str(folder), "annotations")["train"]
+        exported = [(r["annotator"], r["response_id"], s["span_id"], s["start"], s["end"])
+                    for r in rows if r["annotation_id"].startswith("ui-") for s in r["spans"]]  # fmt: skip
+        lost_export = len(acked_set - set(exported))
+        extra_export = len(exported) - len(acked_set & set(exported))
+
+    numbers = {
+        "annotators": args.annotators, "seconds": args.seconds, "wall_s": round(wall, 1),
+        "saves_acked": len(acked), "saves_per_s": round(len(acked) / wall, 1), "errors": len(errors),
+        "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+        "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
+        "p99_ms": round(1000 * percentile(latencies, 0.99), 1) if latencies else None,
+        "max_ms": round(1000 * max(latencies), 1) if latencies else None,
+        "lost_in_store": lost_store, "unexpected_in_store": extra_store, "duplicate_acks": dup_acks,
+        "lost_in_export": lost_export, "unexpected_in_export": extra_export, "cpus": os.cpu_count(),
+    }  # fmt: skip
+    print(json.dumps(numbers, indent=2))
+    if errors:
+        print("first errors:", *errors[:5], sep="\n  ")
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2))
+    ok = not (lost_store or extra_store or dup_acks or lost_export or extra_export)
+    print("OK: no lost or duplicated annotations" if ok else "FAILED: lost or duplicated annotations")
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
