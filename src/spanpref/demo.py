@@ -179,11 +179,13 @@ class Demo:
     def stage_elo(self) -> str:
         from spanpref.cli import main
 
+        # prior: one virtual tie per model pair, so a model that happens to win every judgment on a handful of
+        # test prompts gets a finite rating (the demo evaluates on few prompts)
         main(["eval", "elo", str(self.data), "--judge", "reference", "--rounds", str(self.cfg.rounds), "--seed",
-              str(self.cfg.seed)])  # fmt: skip
+              str(self.cfg.seed), "--prior", "1"])  # fmt: skip
         from spanpref.evaluation.report import write_report
 
-        md, png = write_report(str(self.data), self.report, rounds=self.cfg.rounds, seed=self.cfg.seed)
+        md, png = write_report(str(self.data), self.report, rounds=self.cfg.rounds, seed=self.cfg.seed, prior=1.0)
         return f"report {md}, plot {png}"
 
     # -- the driver -------------------------------------------------------------------------------
