@@ -446,10 +446,15 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     ),  # fmt: skip
     "push": Command("push", "upload a dataset repo folder to the Hugging Face Hub", PushArgs, run_push),
     "taxonomy": Command("taxonomy", "show a feedback taxonomy", TaxonomyArgs, run_taxonomy),
-    "demo": Command("demo", "end to end on the bundled model and data: feedback -> chains -> pairs -> SFT/APO/DPO -> "
-                    "Elo table", DemoArgs, run_demo),  # fmt: skip
-    "sweep": Command("sweep", "train one run per learning rate and pick the best by a validation metric", SweepArgs,
-                     run_sweep),  # fmt: skip
+    "demo": Command(
+        "demo",
+        "end to end on the bundled model and data: feedback -> chains -> pairs -> SFT/APO/DPO -> Elo table",
+        DemoArgs,
+        run_demo,
+    ),  # fmt: skip
+    "sweep": Command(
+        "sweep", "train one run per learning rate and pick the best by a validation metric", SweepArgs, run_sweep
+    ),  # fmt: skip
     "annotate": Command(
         "annotate", "serve the span annotation app for a dataset repo on 127.0.0.1", AnnotateConfig, run_annotate
     ),
