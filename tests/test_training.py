@@ -208,7 +208,10 @@ def trainable_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def accelerate_launch(script: str, recipe: str, *overrides: str, processes: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
+    # `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.15 (huggingface/accelerate#2741;
+    # the card below would say "x 1 processes"). `--multi_gpu` starts N processes through torch's elastic launcher,
+    # and the recipes' `use_cpu: true` makes each of them a gloo rank (DistributedType.MULTI_CPU).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(ROOT / "scripts" / script), "--config", str(RECIPES / recipe), *overrides]  # fmt: skip
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -190,6 +190,7 @@ def render_model_card(*, stage: str, base_model: str, script_args: Any, training
         adapters = f"LoRA r = {model_args.lora_r}, α = {model_args.lora_alpha}, dropout = {model_args.lora_dropout}"
     base = str(base_model)
     tags = ["spanpref", "trl", stage] + ([m.lower() for m in method.split(" + ")] if stage != "sft" else [])
+    tags = list(dict.fromkeys(tags))
     meta = {"library_name": "peft" if model_args.use_peft else "transformers", "tags": tags,
             "datasets": [script_args.dataset_name], "base_model": base}  # fmt: skip
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"

@@ -87,6 +87,8 @@ def make_parser(stage: str):
 
 def parse_args(stage: str, argv: list[str] | None = None) -> tuple[Any, Any, Any]:
     """Parse `--config RECIPE` plus flag overrides; unknown keys in the recipe or the flags are errors."""
+    if not logging.getLogger().handlers:  # an entry point: show spanpref's progress lines
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return make_parser(stage).parse_args_and_config(argv)
 
 
@@ -187,6 +189,8 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     trainer = trainer_class(model=model_args.model_name_or_path, args=training_args, train_dataset=train_ds,
                             eval_dataset=eval_ds, peft_config=get_peft_config(model_args))  # fmt: skip
     main_process = trainer.is_world_process_zero()
+    logger.info("training on %d process(es) (%s)", trainer.accelerator.num_processes,
+                trainer.accelerator.distributed_type)  # fmt: skip
     if main_process:
         save_resolved_config(training_args.output_dir, stage, script_args, training_args, model_args)
 
@@ -235,7 +239,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
         raise SystemExit(f"usage: python -m spanpref.training.run {{{','.join(STAGES)}}} --config RECIPE [flags]")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stage = argv[0]
     train(stage, *parse_args(stage, argv[1:]))
 
