@@ -38,6 +38,8 @@ format:
 bench:
 	$(PYTHON) benchmarks/generation.py --repeats 3
 	$(PYTHON) benchmarks/chains.py --examples 30
+	$(PYTHON) benchmarks/elo.py
+	$(PYTHON) benchmarks/annotate_load.py --annotators 50 --seconds 60
 
 clean:
 	rm -rf outputs .pytest_cache build src/*.egg-info
