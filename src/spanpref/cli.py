@@ -21,6 +21,14 @@ import yaml
 
 from spanpref.demo import DemoConfig
 from spanpref.generate import QueryGenerationConfig, ResponseGenerationConfig
+from spanpref.rewards.commands import (
+    RewardsRLArgs,
+    RewardsScoreArgs,
+    RewardsTrainArgs,
+    run_rewards_rl,
+    run_rewards_score,
+    run_rewards_train,
+)
 from spanpref.ui.annotate import AnnotateConfig, run_annotate
 from spanpref.ui.arena import ArenaConfig, run_arena
 
@@ -461,6 +469,14 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     "arena": Command(
         "arena", "serve the arena (blind pairwise judging, leaderboard) on 127.0.0.1", ArenaConfig, run_arena
     ),
+    "rewards": {
+        "train": Command("train", "train one span reward model per category group (Fine-Grained RLHF)",
+                         RewardsTrainArgs, run_rewards_train),
+        "score": Command("score", "score the segments of responses with span reward models", RewardsScoreArgs,
+                         run_rewards_score),
+        "rl": Command("rl", "PPO with dense per-segment rewards from span reward models", RewardsRLArgs,
+                      run_rewards_rl),
+    },  # fmt: skip
 }
 
 

@@ -69,7 +69,9 @@ def _groups_path(name_or_path: str | Path) -> tuple[str, str]:
     target = folder / f"{name_or_path}.yaml"
     if not target.is_file():
         names = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-        raise GroupConfigError(f"unknown reward group config {str(name_or_path)!r}; give a YAML file or one of {names}")
+        raise GroupConfigError(
+            f"unknown reward group config {str(name_or_path)!r}; give a YAML file or one of {names}"
+        )
     return target.read_text(encoding="utf-8"), f"recipes/rewards/groups/{name_or_path}.yaml"
 
 
@@ -132,7 +134,9 @@ def label_segments(text: str, annotation: Any, group: RewardGroup, segments: lis
     wanted = set(group.reasons)
     bad = [(_get(s, "start"), _get(s, "end")) for s in _get(annotation, "spans")
            if _get(s, "polarity") == DISLIKE and wanted & set(_get(s, "reasons") or [])]  # fmt: skip
-    whole = group.level == RESPONSE and any(_get(r, "reason") in wanted for r in _get(annotation, "response_reasons") or [])
+    whole = group.level == RESPONSE and any(
+        _get(r, "reason") in wanted for r in _get(annotation, "response_reasons") or []
+    )
     labels = []
     for seg in segments:
         hit = whole or any(not text[max(s, seg.start) : min(e, seg.end)].isspace()

@@ -56,7 +56,9 @@ class RLArguments:
         metadata={"help": "`query`: the question alone as the user message; or a prompt name/file under "
                   "recipes/prompts with {{query}} and {{text}} (the document) slots"},
     )  # fmt: skip
-    max_document_chars: int = field(default=2000, metadata={"help": "cut documents in prompts to this many characters"})
+    max_document_chars: int = field(
+        default=2000, metadata={"help": "cut documents in prompts to this many characters"}
+    )
     max_prompt_length: int = field(default=256, metadata={"help": "longest prompt in tokens (cut from the left)"})
     max_prompts: int | None = field(default=None, metadata={"help": "use only the first N queries as prompts"})
     reward_models: list[str] = field(
@@ -310,7 +312,9 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
     prompts = prompts if prompts is not None else load_prompts(args)
     encoded = []
     for p in prompts:
-        ids = tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=True, return_dict=False)
+        ids = tokenizer.apply_chat_template(
+            p["messages"], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
         encoded.append(ids[-args.max_prompt_length :])
 
@@ -399,13 +403,15 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
                                  for sr in seg_rewards], dtype=torch.float32, device=accelerator.device)  # fmt: skip
         gathered = accelerator.gather(per_resp).cpu().numpy()
         gathered_comp = accelerator.gather(per_comp).cpu().numpy()
-        record = {"step": step + 1, "reward": float(gathered[:, 0].mean()), "reward_std": float(gathered[:, 0].std()),
+        record = {"step": step + 1, "rollouts": int(gathered.shape[0]), "reward": float(gathered[:, 0].mean()), "reward_std": float(gathered[:, 0].std()),
                   "kl": float(gathered[:, 1].mean()), "response_tokens": float(gathered[:, 2].mean()),
                   **{f"reward/{n}": float(gathered_comp[:, j].mean()) for j, n in enumerate(comp_names)},
                   **{k: float(np.mean(v)) for k, v in stats.items()}, "seconds": time.perf_counter() - t0}  # fmt: skip
         if args.pattern:
             record["pattern_frequency"] = pattern_frequency(texts, args.pattern)
-        record["samples"] = [{"query": q, "response": t} for q, t in zip(queries, texts, strict=True)][: args.log_samples]
+        record["samples"] = [{"query": q, "response": t} for q, t in zip(queries, texts, strict=True)][
+            : args.log_samples
+        ]
         history.append(record)
         if accelerator.is_main_process:
             with hist_file.open("a", encoding="utf-8") as f:
@@ -413,7 +419,7 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
             logger.info("step %d: reward %.3f  kl %.3f  tokens %.1f  (%.1f s)", record["step"], record["reward"],
                         record["kl"], record["response_tokens"], record["seconds"])  # fmt: skip
 
-    results = {"steps": args.steps, "seconds": time.perf_counter() - started, "history": history,
+    results = {"steps": args.steps, "processes": accelerator.num_processes, "seconds": time.perf_counter() - started, "history": history,
                "reward_first": history[0]["reward"] if history else None,
                "reward_last": history[-1]["reward"] if history else None}  # fmt: skip
     accelerator.wait_for_everyone()

@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 from spanpref import schema
-from spanpref.rewards.groups import GroupConfig, RewardGroup, label_segments, load_groups
+from spanpref.rewards.groups import RewardGroup, label_segments, load_groups
 from spanpref.rewards.segment import Segment, split_segments
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,9 @@ def load_annotated_responses(source: str, *, with_documents: bool = False) -> li
     return out
 
 
-def build_reward_examples(joined: list[dict[str, Any]], group: RewardGroup, taxonomy_key: str = "") -> list[RewardExample]:
+def build_reward_examples(
+    joined: list[dict[str, Any]], group: RewardGroup, taxonomy_key: str = ""
+) -> list[RewardExample]:
     """Segment-labelled examples of one group (responses without any segment are skipped)."""
     out = []
     for row in joined:
@@ -332,7 +334,9 @@ class _Head:
         return Head()
 
 
-def compute_hidden_states(model, encoded: list[dict[str, list[int]]], batch_size: int, pad_id: int) -> list[np.ndarray]:
+def compute_hidden_states(
+    model, encoded: list[dict[str, list[int]]], batch_size: int, pad_id: int
+) -> list[np.ndarray]:
     """The backbone's last hidden state at the labelled tokens of each example (in order), one forward pass each."""
     import torch
 
@@ -466,9 +470,13 @@ def train_reward_models(args: RewardModelArguments, training_args, model_args, *
         raise ValueError(f"{args.dataset_name}: the annotations config is empty")
     train_q, val_q = split_query_ids([r["query_id"] for r in joined], args.validation_fraction, args.split_seed)
 
+    from accelerate import PartialState
+
+    main_process = PartialState().is_main_process
     out_dir = Path(training_args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_resolved_config(out_dir, args, training_args, model_args)
+    if main_process:
+        _save_resolved_config(out_dir, args, training_args, model_args)
     results: dict[str, Any] = {"base_model": base_model, "dataset": args.dataset_name, "groups": {}}
     cache: dict[str, Any] = {}
     for group in groups:
@@ -476,27 +484,37 @@ def train_reward_models(args: RewardModelArguments, training_args, model_args, *
         train_ex = [e for e in examples if e.query_id in train_q][: args.max_train_examples]
         val_ex = [e for e in examples if e.query_id in val_q]
         logger.info("group %s: %d train / %d validation responses", group.name, len(train_ex), len(val_ex))
-        model, tokenizer, res = _train_group(group, train_ex, val_ex, args, training_args, model_args, model_path, cache)
-        folder = out_dir / group.name
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        meta = {"group": group.to_dict(), "taxonomy": group_config.taxonomy, "context": args.context,
-                "max_document_chars": args.max_document_chars, "max_length": args.max_length,
-                "base_model": base_model, "id2label": ID2LABEL}  # fmt: skip
-        (folder / REWARD_META_FILE).write_text(json.dumps(meta, indent=2))
-        (folder / "README.md").write_text(render_reward_model_card(group, res, args, training_args, base_model,
-                                                                   group_config.taxonomy), encoding="utf-8")  # fmt: skip
+        model, tokenizer, res = _train_group(
+            group, train_ex, val_ex, args, training_args, model_args, model_path, cache
+        )
         results["groups"][group.name] = res
-        if training_args.push_to_hub:
-            from spanpref.repo import push_folder
-
-            repo_id = f"{training_args.hub_model_id or out_dir.name}-{group.name}"
-            res["pushed"] = push_folder(folder, repo_id, repo_type="model", token=training_args.hub_token,
-                                        private=bool(training_args.hub_private_repo), api=api,
-                                        commit_message=f"spanpref: {group.name} reward model")  # fmt: skip
-            logger.info("pushed %s to %s", folder, res["pushed"])
-    (out_dir / RESULTS_FILE).write_text(json.dumps(_jsonable(results), indent=2))
+        if main_process:  # under `accelerate launch` every rank trained; one writes and pushes
+            _save_group(out_dir / group.name, model, tokenizer, group, res, args, training_args, base_model,
+                        group_config.taxonomy, api)  # fmt: skip
+    if main_process:
+        (out_dir / RESULTS_FILE).write_text(json.dumps(_jsonable(results), indent=2))
     return results
+
+
+def _save_group(folder: Path, model, tokenizer, group: RewardGroup, res: dict[str, Any], args, training_args,
+                base_model: str, taxonomy: str, api: Any) -> None:  # fmt: skip
+    """A group's model folder: weights, tokenizer, `spanpref_reward.json`, model card; pushed if asked."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    meta = {"group": group.to_dict(), "taxonomy": taxonomy, "context": args.context,
+            "max_document_chars": args.max_document_chars, "max_length": args.max_length, "base_model": base_model,
+            "id2label": ID2LABEL}  # fmt: skip
+    (folder / REWARD_META_FILE).write_text(json.dumps(meta, indent=2))
+    card = render_reward_model_card(group, res, args, training_args, base_model, taxonomy)
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    if training_args.push_to_hub:
+        from spanpref.repo import push_folder
+
+        repo_id = f"{training_args.hub_model_id or folder.parent.name}-{group.name}"
+        res["pushed"] = push_folder(folder, repo_id, repo_type="model", token=training_args.hub_token,
+                                    private=bool(training_args.hub_private_repo), api=api,
+                                    commit_message=f"spanpref: {group.name} reward model")  # fmt: skip
+        logger.info("pushed %s to %s", folder, res["pushed"])
 
 
 def _jsonable(obj: Any) -> Any:
@@ -523,7 +541,9 @@ def render_reward_model_card(group: RewardGroup, res: dict[str, Any], args: Rewa
     meta = {"library_name": "transformers", "pipeline_tag": "token-classification", "base_model": base_model,
             "datasets": [args.dataset_name], "tags": ["spanpref", "reward-model", "fine-grained-rlhf", group.name]}  # fmt: skip
     ev, base = res.get("eval") or {}, res.get("baseline") or {}
-    rows = "\n".join(f"| {m} | {_fmt(ev.get(m))} | {_fmt(base.get(m))} |" for m in ("accuracy", "f1_error", "macro_f1"))
+    rows = "\n".join(
+        f"| {m} | {_fmt(ev.get(m))} | {_fmt(base.get(m))} |" for m in ("accuracy", "f1_error", "macro_f1")
+    )
     method = ("classification head trained on frozen backbone states" if args.freeze_backbone
               else "full fine-tuning")  # fmt: skip
     layers = f", first {args.backbone_layers} layers" if args.backbone_layers else ""
@@ -620,7 +640,9 @@ class SpanRewardModel:
         encoded = []
         for q, r, segs, d in zip(queries, responses, segments, documents, strict=True):
             prefix = format_prefix(self.meta["context"], q, d, self.meta["max_document_chars"])
-            encoded.append(encode_for_scoring(self.tokenizer, prefix, r, segs, self.meta["max_length"]) if segs else ([], []))
+            encoded.append(
+                encode_for_scoring(self.tokenizer, prefix, r, segs, self.meta["max_length"]) if segs else ([], [])
+            )
         todo = [i for i, (ids, _) in enumerate(encoded) if ids]
         out: list[list[float]] = [[] for _ in responses]
         if not todo:

@@ -21,8 +21,44 @@ LEVELS = (SUB_SENTENCE, SENTENCE, RESPONSE)
 
 # a word ending in one of these before a period does not end a sentence ("Dr. Who", "e.g. this")
 ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e cf al approx no vol fig inc ltd co corp jan feb mar apr jun jul aug "
-    "sep sept oct nov dec u.s u.k".split()
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "cf",
+        "al",
+        "approx",
+        "no",
+        "vol",
+        "fig",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "u.s",
+        "u.k",
+    ]
 )
 _SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)")
 _CLAUSE_END = re.compile(r"[,;:][\"'”’)\]]*(?=\s)")

@@ -1,0 +1,1 @@
+"""Fine-grained span rewards: per-group span reward models, dense per-segment rewards, PPO (Fine-Grained RLHF)."""
