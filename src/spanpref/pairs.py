@@ -466,5 +466,4 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
         logger.warning("%s left from an earlier build; their splits may differ", ", ".join(report.stale))
     if out:
         repo.write(out)
-    logger.info("%s", report.summary())
-    return report
+    return report  # callers print report.summary()
