@@ -263,7 +263,7 @@ def plot_ratings(report: EvalReport, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f".{path.name}.tmp")
-    fig.savefig(staged, format="png", dpi=120)
+    fig.savefig(staged, format="png", dpi=120, bbox_inches="tight")  # long axis labels are not clipped
     plt.close(fig)
     os.replace(staged, path)
     return path
