@@ -47,7 +47,7 @@ def make_repo(path, n_queries: int = 4) -> DatasetRepo:
 @pytest.fixture
 def service(tmp_path):
     make_repo(tmp_path / "repo")
-    svc = AnnotationService(AnnotateConfig(folder=str(tmp_path / "repo"), overlap=1, shuffle=False))
+    svc = AnnotationService(AnnotateConfig(folder=str(tmp_path / "repo"), overlap=1, shuffle=False, swap_ab=False))
     yield svc
     svc.close()
 
@@ -164,7 +164,7 @@ def test_a_lost_store_is_restored_from_the_export(service, tmp_path):
     service.export()
     before = {n: service.repo.read(n) for n in (schema.ANNOTATIONS, schema.COMPARISONS)}
     fresh = AnnotationService(AnnotateConfig(folder=str(service.repo.path), db=str(tmp_path / "new.sqlite"),
-                                             overlap=1, shuffle=False))  # fmt: skip
+                                             overlap=1, shuffle=False, swap_ab=False))  # fmt: skip
     tok2 = fresh.login("alice", "secret1")["token"]  # a new database: the name is claimed again
     view = fresh.get_item(tok2, 0)["item"]
     assert [s["text"] for s in view["responses"][0]["spans"]] == ["😀 of France"] and view["submitted"]
@@ -241,7 +241,7 @@ def test_input_bounds_and_validation(service):
 
 def test_queue_limits_progress_and_durability(tmp_path):
     make_repo(tmp_path / "repo", n_queries=5)
-    cfg = AnnotateConfig(folder=str(tmp_path / "repo"), overlap=1, items_per_annotator=2, shuffle=False)
+    cfg = AnnotateConfig(folder=str(tmp_path / "repo"), overlap=1, items_per_annotator=2, shuffle=False, swap_ab=False)
     svc = AnnotationService(cfg)
     tok = svc.login("alice", "secret1")["token"]
     seen = []
@@ -366,3 +366,46 @@ def test_space_app_uses_oauth_names(tmp_path, monkeypatch):
     finally:
         demo.exporter.stop()
         service.close()
+
+
+def test_each_annotator_sees_a_fixed_random_order_and_choices_are_stored_in_repo_order(tmp_path):
+    import datasets
+
+    make_repo(tmp_path / "repo", n_queries=12)
+    svc = AnnotationService(AnnotateConfig(folder=str(tmp_path / "repo"), overlap=12, shuffle=False))
+    toks = {name: svc.login(name, "secret1")["token"] for name in ("alice", "bob")}
+    shown = {name: [] for name in toks}  # (item_id, displayed first response) per annotator
+    for name, tok in toks.items():
+        for index in range(12):
+            view = svc.get_item(tok, index)["item"]
+            shown[name].append((view["item_id"], view["responses"][0]["response_id"]))
+            assert view == svc.get_item(tok, index)["item"]  # a reload shows the same order
+    flipped = {name: {iid for iid, first in rows if first != iid.split("~")[0]} for name, rows in shown.items()}
+    for name in toks:  # both orders occur, and the coin is per annotator
+        assert 0 < len(flipped[name]) < 12
+    assert flipped["alice"] != flipped["bob"]
+
+    # alice prefers the response she sees first, and gives it a response-level reason
+    iid = sorted(flipped["alice"])[0]
+    first, second = iid.split("~")[1], iid.split("~")[0]  # what alice sees: the repo's second response first
+    index = [i for i, _ in shown["alice"]].index(iid)
+    svc.save_item(toks["alice"], iid, {"responses": [{"reasons": ["like.recap"]}, {"reasons": []}], "choice": "a",
+                                       "rationale": "the first one", "submit": True})  # fmt: skip
+    view = svc.get_item(toks["alice"], index)["item"]
+    assert view["choice"] == "a" and view["responses"][0]["response_id"] == first
+    assert view["responses"][0]["reasons"] == [{"reason": "like.recap", "note": ""}]
+    svc.export()
+    (cmp,) = datasets.load_dataset(str(svc.repo.path), "comparisons")["train"]
+    assert (cmp["response_a"], cmp["response_b"], cmp["choice"]) == (second, first, "b")
+    ann = {r["response_id"]: r for r in datasets.load_dataset(str(svc.repo.path), "annotations")["train"]}
+    assert ann[first]["response_reasons"] == [{"reason": "like.recap", "note": ""}]
+    assert ann[second]["response_reasons"] == []
+    svc.close()
+
+    fixed = AnnotationService(AnnotateConfig(folder=str(tmp_path / "repo"), db=str(tmp_path / "b.sqlite"), overlap=12,
+                                             shuffle=False, swap_ab=False))  # fmt: skip
+    tok = fixed.login("alice", "secret1")["token"]
+    for index in range(12):
+        view = fixed.get_item(tok, index)["item"]
+        assert view["responses"][0]["response_id"] == view["item_id"].split("~")[0]
+    fixed.close()

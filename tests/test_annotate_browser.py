@@ -55,7 +55,7 @@ def spans_shown(page, k: int) -> list[str]:
 
 def test_annotate_in_a_real_browser(tmp_path):
     repo = make_repo(tmp_path / "repo", n_queries=3)
-    service = AnnotationService(AnnotateConfig(folder=str(repo.path), overlap=1, shuffle=False))
+    service = AnnotationService(AnnotateConfig(folder=str(repo.path), overlap=1, shuffle=False, swap_ab=False))
     demo = build_app(service.config, service)
     with served(demo) as url, chromium() as browser:
         alice_ctx, bob_ctx = browser.new_context(), browser.new_context()

@@ -15,6 +15,7 @@ from spanpref.backends import (
     build_backend,
 )
 from spanpref.backends.openai_backend import RequestFailed, resolve_token
+from spanpref.models import default_gguf_path
 
 # ---------------------------------------------------------------- config and registry
 
@@ -129,7 +130,9 @@ def test_openai_chat_completions_report_usage(llama_server):
     assert "4" in results[0][0].text
     assert backend.usage.requests == 2
     assert backend.usage.completion_tokens == sum(r[0].completion_tokens for r in results)
-    assert backend.model_id == llama_server.base_url
+    # rows record the model the server names in /v1/models (the GGUF's name), not its ephemeral URL
+    assert backend.model_id == default_gguf_path().stem == "SmolLM2-135M-Instruct.Q4_1"
+    assert OpenAIBackend(llama_server.base_url, "my-name", progress=False).model_id == "my-name"
 
 
 @pytest.mark.slow
@@ -298,6 +301,7 @@ def test_429_and_503_are_retried_then_succeed():
     script = [(429, {"Retry-After": "0"}, {"error": "slow down"}), (503, {}, {"error": "loading"}), ok("hi there")]
     with ScriptedServer(script) as server:
         backend = OpenAIBackend(server.base_url, max_retries=3, retry_base_delay=0.01, progress=False)
+        assert backend.model_id == server.base_url  # this server has no /models: the URL is all there is
         results = backend.generate([CHATS[2]], GenerationConfig(temperature=0.0, max_new_tokens=5, seed=3))
 
     assert results == [[Completion(text="hi there", prompt_tokens=7, completion_tokens=3, finish_reason="stop")]]

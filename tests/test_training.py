@@ -237,6 +237,7 @@ def test_two_process_training_on_chain_pairs_moves_every_parameter(loss, local_c
     assert results["train"]["train_loss"] > 0 and results["train_examples"] == len(train)
     card = (out / "README.md").read_text()
     assert "× 2 processes" in card and "config `pairs_stepwise`" in card and f"loss | {loss}" in card
+    assert "| launch | MULTI_CPU, 2 processes on cpu |" in card
 
 
 @pytest.mark.slow
@@ -329,6 +330,8 @@ def test_model_card_and_push(tiny_model, pairs_repo, tmp_path, monkeypatch, hub_
     assert "dpo_positive, β = 0.1, λ = 50.0" in card and "| learning rate | 0.001" in card
     after = results["after"]["eval_rewards/accuracies"]
     assert f"| rewards/accuracies | 0 | {after:.4g} |" in card
+    # "before" is the starting model, measured inside train() (eval_on_start): policy = reference, so no margin
+    assert results["before"]["epoch"] == 0 and results["before"]["eval_rewards/margins"] == 0
     shards = sorted(p.name for p in (pairs_repo / "data" / "pairs_stepwise").glob("*.parquet"))
     assert ", ".join(shards) in card  # the exact data: content-hashed shard names
     assert (out / "spanpref_run.yaml").is_file()
@@ -385,3 +388,13 @@ def test_sweep_overrides_must_be_key_value(tmp_path):
 
     with pytest.raises(ValueError, match="key=value"):
         run_sweep(str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), output_dir=str(tmp_path), overrides=["20"])
+
+
+def test_override_flags_split_values_like_a_shell():
+    from spanpref.cli import override_flags
+
+    assert override_flags(["max_steps=20", "reward_weights=0.3 1.0 0.3", "run_name='a b'", "hub_model_id="]) == [
+        "--max_steps", "20", "--reward_weights", "0.3", "1.0", "0.3", "--run_name", "a b", "--hub_model_id", ""]  # fmt: skip
+    for bad in ("20", "=3"):
+        with pytest.raises(ValueError, match="key=value"):
+            override_flags([bad])

@@ -167,9 +167,9 @@ def _fmt(value: Any) -> str:
 
 
 def render_model_card(*, stage: str, base_model: str, script_args: Any, training_args: Any, model_args: Any, results: dict,
-                      world_size: int, dataset_revision: str) -> str:  # fmt: skip
+                      world_size: int, dataset_revision: str, launch: str = "") -> str:  # fmt: skip
     """The model card of a training run: base model, data (repo, config, revision), loss, hyperparameters and the
-    validation metrics before and after training."""
+    validation metrics before and after training. `launch` says how it ran (e.g. "FSDP, 4 processes on cuda")."""
     import torch
     import transformers
     import trl
@@ -221,6 +221,7 @@ def render_model_card(*, stage: str, base_model: str, script_args: Any, training
         per_device_batch=training_args.per_device_train_batch_size,
         grad_accum=training_args.gradient_accumulation_steps,
         world_size=world_size,
+        launch=launch,
         max_length=training_args.max_length,
         precision=precision,
         adapters=adapters,

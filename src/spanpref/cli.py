@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import sys
 import types
 import typing
@@ -21,14 +22,6 @@ import yaml
 
 from spanpref.demo import DemoConfig
 from spanpref.generate import QueryGenerationConfig, ResponseGenerationConfig
-from spanpref.rewards.commands import (
-    RewardsRLArgs,
-    RewardsScoreArgs,
-    RewardsTrainArgs,
-    run_rewards_rl,
-    run_rewards_score,
-    run_rewards_train,
-)
 from spanpref.ui.annotate import AnnotateConfig, run_annotate
 from spanpref.ui.arena import ArenaConfig, run_arena
 
@@ -51,6 +44,18 @@ def _arg(help: str, *, positional: bool = False, default: Any = dataclasses.MISS
     if "default_factory" in kw:
         return field(default_factory=kw["default_factory"], metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def override_flags(pairs: list[str]) -> list[str]:
+    """`key=value` overrides as recipe flags: `--key value`. The value is split like a shell would, so a list
+    field takes several words (`'reward_weights=0.3 1.0 0.3'`) and quotes keep one with spaces whole."""
+    flags = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {pair!r} should look like key=value, e.g. max_steps=20")
+        flags += [f"--{key}", *(shlex.split(value) or [""])]
+    return flags
 
 
 def _base_type(tp: Any) -> Any:
@@ -469,14 +474,6 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
     "arena": Command(
         "arena", "serve the arena (blind pairwise judging, leaderboard) on 127.0.0.1", ArenaConfig, run_arena
     ),
-    "rewards": {
-        "train": Command("train", "train one span reward model per category group (Fine-Grained RLHF)",
-                         RewardsTrainArgs, run_rewards_train),
-        "score": Command("score", "score the segments of responses with span reward models", RewardsScoreArgs,
-                         run_rewards_score),
-        "rl": Command("rl", "PPO with dense per-segment rewards from span reward models", RewardsRLArgs,
-                      run_rewards_rl),
-    },  # fmt: skip
 }
 
 
@@ -549,8 +546,9 @@ def _is_user_error(e: Exception) -> bool:
     return isinstance(e, CLIError | ValueError | HubAuthError | ValidationError | FileNotFoundError | StageError)
 
 
-# `spanpref eval ...` registers itself (its Args extend BackendArgs above, so it is imported last)
+# `spanpref eval ...` and `spanpref rewards ...` register themselves (they use the helpers above, so come last)
 import spanpref.evaluation.commands  # noqa: E402,F401
+import spanpref.rewards.commands  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -210,6 +210,7 @@ def build_params(
 
     params = xllamacpp.CommonParams()
     params.model.path = str(gguf_path)
+    params.model_alias = {Path(gguf_path).stem}  # what /v1/models names, and so what rows record as the model
     # n_ctx is per request: llama.cpp splits its context evenly between slots, so give it n_ctx for each. A unified
     # KV cache (one pool shared by all slots) fails concurrent requests mid-generation with HTTP 500 "Context size
     # has been exceeded" as soon as they jointly outgrow it (two 1,100-token prompts in a 2,048-token pool).

@@ -145,6 +145,7 @@ class OpenAIBackend(Backend):
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self._served_model: str | None = None
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.retry_base_delay = retry_base_delay
@@ -157,7 +158,25 @@ class OpenAIBackend(Backend):
 
     @property
     def model_id(self) -> str:
-        return self.model or self.base_url
+        """What rows record as their model: `model` if given; else, for a server on this machine that serves one
+        model (llama.cpp, vLLM, TGI), the id its `/models` lists; else the base URL."""
+        if self.model:
+            return self.model
+        if self._served_model is None:
+            self._served_model = self._ask_served_model() or self.base_url
+        return self._served_model
+
+    def _ask_served_model(self) -> str | None:
+        if not is_loopback(self.base_url):
+            return None
+        try:
+            response = self.client._loopback_session.get(self.base_url + "/models", timeout=10)
+            response.raise_for_status()
+            ids = [m.get("id") for m in response.json().get("data", []) if isinstance(m, dict)]
+        except (httpx2.HTTPError, ValueError, AttributeError) as error:
+            logger.info("%s/models did not name the model (%s); rows record the URL", self.base_url, error)
+            return None
+        return ids[0] if len(ids) == 1 and isinstance(ids[0], str) and ids[0] else None
 
     def complete(self, messages: Messages, config: GenerationConfig, seed: int) -> Completion:
         """One chat completion, retried with exponential backoff on timeouts, dropped connections, 429 and 5xx."""

@@ -2,48 +2,34 @@
 
 Training and RL take a recipe (`--recipe`, parsed by TRL's `TrlParser` like the training scripts) plus `--set
 key=value` overrides; the dataset repo folder is the positional argument. Nothing heavy is imported until a
-command runs.
+command runs. Imported at the end of `spanpref.cli` and registering itself there, like `spanpref eval`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-
-def _f(help: str, default: Any = None, *, positional: bool = False, factory: Any = None) -> Any:
-    metadata = {"help": help, "positional": positional}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    if positional and default is None:  # a required positional argument
-        return field(metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _overrides(pairs: list[str] | None) -> list[str]:
-    """`key=value` pairs as recipe flags (`--key value`; a list value is given as space-separated words)."""
-    argv = []
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        argv += [f"--{key}", *value.split()]
-    return argv
+from spanpref import cli
+from spanpref.cli import Command, _arg, override_flags
 
 
 @dataclass(kw_only=True)
 class RewardsTrainArgs:
-    folder: str = _f("dataset repo (folder or Hub id) with annotations, responses and queries", positional=True)
-    recipe: str = _f("reward-model recipe (YAML)", "recipes/rewards/reward_model/config_smollm2_cpu.yaml")
-    output_dir: str | None = _f("where the reward models go, one folder per group (default: the recipe's)")
-    set: list[str] | None = _f("recipe overrides as key=value, e.g. group_names=relevance num_train_epochs=5")
+    folder: str = _arg("dataset repo (folder or Hub id) with annotations, responses and queries", positional=True)
+    recipe: str = _arg("reward-model recipe (YAML)", default="recipes/rewards/reward_model/config_smollm2_cpu.yaml")
+    output_dir: str | None = _arg(
+        "where the reward models go, one folder per group (default: the recipe's)", default=None
+    )
+    set: list[str] | None = _arg(
+        "recipe overrides as key=value, e.g. group_names=relevance num_train_epochs=5", default=None
+    )
 
 
 def run_rewards_train(args: RewardsTrainArgs) -> None:
     from spanpref.rewards.reward_model import format_results, parse_args, train_reward_models
 
-    argv = ["--config", args.recipe, "--dataset_name", args.folder, *_overrides(args.set)]
+    argv = ["--config", args.recipe, "--dataset_name", args.folder, *override_flags(args.set or [])]
     if args.output_dir:
         argv += ["--output_dir", args.output_dir]
     results = train_reward_models(*parse_args(argv))
@@ -53,12 +39,14 @@ def run_rewards_train(args: RewardsTrainArgs) -> None:
 
 @dataclass(kw_only=True)
 class RewardsScoreArgs:
-    folder: str = _f("dataset repo with responses (and queries) to score", positional=True)
-    reward_models: list[str] = _f("reward model folders or Hub ids", factory=list)
-    weights: list[float] | None = _f("one weight per reward model (default: each model's group weight)")
-    mode: str = _f("sign (+w/-w per segment, Fine-Grained RLHF) or prob (w * (1 - 2 P(error)))", "sign")
-    limit: int | None = _f("score only the first N responses")
-    output: str | None = _f("write one JSON line per response here (default: print them)")
+    folder: str = _arg("dataset repo with responses (and queries) to score", positional=True)
+    reward_models: list[str] = _arg("reward model folders or Hub ids", default_factory=list)
+    weights: list[float] | None = _arg(
+        "one weight per reward model (default: each model's group weight)", default=None
+    )
+    mode: str = _arg("sign (+w/-w per segment, Fine-Grained RLHF) or prob (w * (1 - 2 P(error)))", default="sign")
+    limit: int | None = _arg("score only the first N responses", default=None)
+    output: str | None = _arg("write one JSON line per response here (default: print them)", default=None)
 
 
 def run_rewards_score(args: RewardsScoreArgs) -> None:
@@ -97,16 +85,20 @@ def run_rewards_score(args: RewardsScoreArgs) -> None:
 
 @dataclass(kw_only=True)
 class RewardsRLArgs:
-    folder: str = _f("dataset repo whose queries are the prompts", positional=True)
-    recipe: str = _f("RL recipe (YAML)", "recipes/rewards/rl/config_tiny_cpu.yaml")
-    output_dir: str | None = _f("where the policy, history and reward curve go (default: the recipe's)")
-    set: list[str] | None = _f("recipe overrides as key=value, e.g. steps=10 'reward_weights=0.3 1.0 0.3'")
+    folder: str = _arg("dataset repo whose queries are the prompts", positional=True)
+    recipe: str = _arg("RL recipe (YAML)", default="recipes/rewards/rl/config_tiny_cpu.yaml")
+    output_dir: str | None = _arg(
+        "where the policy, history and reward curve go (default: the recipe's)", default=None
+    )
+    set: list[str] | None = _arg(
+        "recipe overrides as key=value, e.g. steps=10 'reward_weights=0.3 1.0 0.3'", default=None
+    )
 
 
 def run_rewards_rl(args: RewardsRLArgs) -> None:
     from spanpref.rewards.ppo import parse_args, train_rl
 
-    argv = ["--config", args.recipe, "--dataset_name", args.folder, *_overrides(args.set)]
+    argv = ["--config", args.recipe, "--dataset_name", args.folder, *override_flags(args.set or [])]
     if args.output_dir:
         argv += ["--output_dir", args.output_dir]
     results = train_rl(parse_args(argv))
@@ -114,3 +106,14 @@ def run_rewards_rl(args: RewardsRLArgs) -> None:
         print(f"step {h['step']:4d}  reward {h['reward']:+.3f}  kl {h['kl']:.3f}  tokens {h['response_tokens']:.1f}")
     if results.get("plot"):
         print(f"reward curve: {results['plot']}")
+
+
+REWARDS_COMMANDS = {
+    "train": Command("train", "train one span reward model per category group (Fine-Grained RLHF)", RewardsTrainArgs,
+                     run_rewards_train),
+    "score": Command("score", "score the segments of responses with span reward models", RewardsScoreArgs,
+                     run_rewards_score),
+    "rl": Command("rl", "PPO with dense per-segment rewards from span reward models", RewardsRLArgs, run_rewards_rl),
+}  # fmt: skip
+for _name, _command in REWARDS_COMMANDS.items():
+    cli.register(("rewards", _name), _command)

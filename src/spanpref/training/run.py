@@ -166,6 +166,28 @@ def save_merged(trainer, output_dir: str) -> None:
     logger.info("merged LoRA weights into %s (adapter kept in %s)", out, adapter_dir)
 
 
+def describe_launch(accelerator) -> str:
+    """How a run was launched, for its card: e.g. "FSDP, 4 processes on cuda" or "1 process on cpu"."""
+    kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
+    n = accelerator.num_processes
+    processes = f"{n} process{'es' if n != 1 else ''} on {accelerator.device.type}"
+    return processes if kind == "NO" else f"{kind}, {processes}"
+
+
+def _first_evaluation_callback():
+    """A trainer callback that keeps the metrics of a run's first evaluation (the one `eval_on_start` asks for)."""
+    from transformers import TrainerCallback
+
+    class FirstEvaluation(TrainerCallback):
+        metrics: dict[str, float] | None = None
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if self.metrics is None and metrics is not None:
+                self.metrics = dict(metrics)
+
+    return FirstEvaluation()
+
+
 def train(stage: str, script_args: ScriptArguments, training_args, model_args) -> dict[str, Any]:
     """Train one stage; returns (and writes to `spanpref_results.json`) the metrics before and after."""
     from trl import get_peft_config
@@ -186,8 +208,15 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     if eval_ds is None and training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
 
+    resume = training_args.resume_from_checkpoint or _last_checkpoint(training_args.output_dir)
+    # The starting model is validated inside train() (eval_on_start), not by a separate evaluate() first: under
+    # FSDP2 accelerate must prepare the model together with its optimizer, which an earlier evaluate() prevents.
+    first_eval = _first_evaluation_callback()
+    if not resume and eval_ds is not None and script_args.eval_before_training:
+        training_args.eval_on_start = True
     trainer = trainer_class(model=model_args.model_name_or_path, args=training_args, train_dataset=train_ds,
-                            eval_dataset=eval_ds, peft_config=get_peft_config(model_args))  # fmt: skip
+                            eval_dataset=eval_ds, peft_config=get_peft_config(model_args),
+                            callbacks=[first_eval])  # fmt: skip
     main_process = trainer.is_world_process_zero()
     logger.info("training on %d process(es) (%s)", trainer.accelerator.num_processes,
                 trainer.accelerator.distributed_type)  # fmt: skip
@@ -196,15 +225,15 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
 
     results: dict[str, Any] = {"stage": stage, "train_examples": len(train_ds),
                                "eval_examples": len(eval_ds) if eval_ds is not None else 0}  # fmt: skip
-    resume = training_args.resume_from_checkpoint or _last_checkpoint(training_args.output_dir)
     if resume:
         logger.info("resuming from %s", resume)
-    elif eval_ds is not None and script_args.eval_before_training:
-        results["before"] = trainer.evaluate()
     started = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume)
+    if training_args.eval_on_start and first_eval.metrics is not None:
+        results["before"] = first_eval.metrics
     results["train"] = train_result.metrics
-    results["seconds"] = time.perf_counter() - started
+    # Training time proper: the starting model's validation ran inside train() and is not part of it.
+    results["seconds"] = time.perf_counter() - started - results.get("before", {}).get("eval_runtime", 0.0)
     if trainer.state.global_step:
         results["seconds_per_step"] = results["seconds"] / trainer.state.global_step
     if eval_ds is not None:
@@ -219,6 +248,7 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
         (Path(training_args.output_dir) / RESULTS_FILE).write_text(json.dumps(_jsonable(results), indent=2))
         write_model_card(training_args.output_dir, stage=stage, base_model=base_model, script_args=script_args, training_args=training_args,
                          model_args=model_args, results=results, world_size=trainer.accelerator.num_processes,
+                         launch=describe_launch(trainer.accelerator),
                          dataset_revision=dataset_fingerprint(script_args, stage))  # fmt: skip
         if push:
             from spanpref.repo import push_folder

@@ -56,16 +56,6 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
-def _override_flags(overrides: list[str]) -> list[str]:
-    flags = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} should look like key=value, e.g. max_steps=20")
-        flags += [f"--{key}", value]
-    return flags
-
-
 def select_best(runs: list[SweepRun], metric: str, tie_break: str) -> SweepRun | None:
     """The finished run with the highest metric, ties broken by the second metric, then by the smaller rate (the
     safer choice when two rates look the same)."""
@@ -93,7 +83,9 @@ def run_sweep(recipe: str, *, stage: str = "dpo", learning_rates: list[float] | 
     rates = learning_rates or PAPER_LEARNING_RATES
     root = Path(output_dir or Path("outputs") / "sweeps" / Path(recipe).stem)
     root.mkdir(parents=True, exist_ok=True)
-    extra = _override_flags(overrides or [])
+    from spanpref.cli import override_flags
+
+    extra = override_flags(overrides or [])
     launch = shlex.split(launcher)
     if launch == ["python"]:
         launch = [sys.executable]

@@ -23,6 +23,7 @@ How it is put together:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -80,6 +81,10 @@ class AnnotateConfig:
     shuffle: bool = field(default=True, metadata={"help": "shuffle the items (seeded) before choosing the overlap "
                                                   "items; --no-shuffle keeps the repo's order"})  # fmt: skip
     seed: int = field(default=0, metadata={"help": "seed of the item order (which items are the overlap items)"})
+    swap_ab: bool = field(default=True, metadata={"help": "show each annotator the two responses of an item in their "
+                                                  "own fixed random order, against position bias (choices are "
+                                                  "stored for the repo's order); --no-swap-ab shows the repo's "
+                                                  "order"})  # fmt: skip
     annotators: list[str] | None = field(default=None, metadata={"help": "names allowed to log in (default: "
                                                                  "anyone; a name is claimed by its first login)"})  # fmt: skip
     access_code: str | None = field(default=None, metadata={"help": "a code every local login must give (default: "
@@ -304,13 +309,27 @@ class AnnotationService:
                     return {"item": None, "progress": self.progress(annotator)}
         return {"item": self.item_view(annotator, queue[index], index), "progress": self.progress(annotator)}
 
+    def swapped(self, annotator: str, item_id: str) -> bool:
+        """Whether `annotator` sees the item's responses in reverse order: a fixed coin per (annotator, item), so
+        that position bias averages out over annotators and a reload shows the same order."""
+        if not self.config.swap_ab:
+            return False
+        return hashlib.sha256(f"{self.config.seed}\0{annotator}\0{item_id}".encode()).digest()[0] & 1 == 1
+
+    @staticmethod
+    def _flip(choice: str | None) -> str | None:
+        return {schema.CHOICE_A: schema.CHOICE_B, schema.CHOICE_B: schema.CHOICE_A}.get(choice, choice)  # type: ignore[arg-type]
+
     def item_view(self, annotator: str, item_id: str, index: int) -> dict[str, Any]:
+        """The item as the annotator sees it: responses (and the choice) in their display order."""
         item = self.by_id[item_id]
+        swapped = self.swapped(annotator, item_id)
         row = self.store.read("SELECT choice, rationale, seconds, submitted FROM items WHERE annotator = ? AND "
                               "item_id = ?", (annotator, item_id))  # fmt: skip
         state = dict(row[0]) if row else {"choice": None, "rationale": "", "seconds": 0.0, "submitted": None}
         responses = []
-        for rid, text in zip(item.response_ids, item.texts, strict=True):
+        shown = list(zip(item.response_ids, item.texts, strict=True))
+        for rid, text in reversed(shown) if swapped else shown:
             spans = [self._span_view(text, dict(r)) for r in self.store.read(
                 'SELECT span_id, start, "end", polarity, reasons, note FROM spans WHERE annotator = ? AND '
                 "response_id = ? ORDER BY start, span_id", (annotator, rid))]  # fmt: skip
@@ -320,7 +339,8 @@ class AnnotationService:
                               "reasons": json.loads(rr[0]["reasons"]) if rr else []})  # fmt: skip
         return {"item_id": item_id, "index": index, "query": item.query,
                 "document": {"title": item.doc_title, "text": item.doc_text}, "responses": responses,
-                "choice": state["choice"], "rationale": state["rationale"], "seconds": state["seconds"],
+                "choice": self._flip(state["choice"]) if swapped else state["choice"], "rationale": state["rationale"],
+                "seconds": state["seconds"],
                 "submitted": state["submitted"] is not None}  # fmt: skip
 
     @staticmethod
@@ -421,7 +441,8 @@ class AnnotationService:
 
     def save_item(self, token: Any, item_id: Any, data: Any, seconds: Any = 0) -> dict[str, Any]:
         """Save the response-level reasons, the A/B choice and the rationale. `data["submit"]` marks the item
-        done, which needs a choice and a rationale (and, for a tie, `data["tie"] == "confirmed"`)."""
+        done, which needs a choice and a rationale (and, for a tie, `data["tie"] == "confirmed"`). "a", "b" and
+        `data["responses"]` are in the annotator's display order (see `swapped`); they are stored in the repo's."""
         annotator = self.auth.resolve(token)
         item = self._check_item(annotator, item_id)
         if not isinstance(data, dict):
@@ -454,6 +475,8 @@ class AnnotationService:
                 raise UserError("a tie is for responses that are truly indistinguishable: confirm it first")
             if not rationale.strip():
                 raise UserError("write a short rationale for your choice before submitting")
+        if self.swapped(annotator, item.item_id):
+            choice, reasons_by_response = self._flip(choice), reasons_by_response[::-1]
         now = time.time()
         with self.store.write() as db:
             for rid, rows in zip(item.response_ids, reasons_by_response, strict=False):
