@@ -1,5 +1,6 @@
 """The arena in a real browser: `spanpref arena FOLDER --port N` serves it, headless Chromium logs in, votes
-(a confirmed tie included), exports, and the exported judgments config holds exactly those votes, un-swapped."""
+(a confirmed tie included), reloads (still logged in), exports, and the exported judgments config holds exactly
+those votes, un-swapped."""
 
 from __future__ import annotations
 
@@ -103,7 +104,13 @@ def test_browser_votes_land_unswapped_in_the_exported_judgments(tmp_path):
             assert page.evaluate("window.__pwned") is None  # no script ran, no onerror fired
             assert set(expected.values()) == {"model_a", "model_b", "tie"}
 
-            page.locator("#arena-logout").click()  # names are claimed with their first password
+            page.reload()  # the session survives a reload (browser state), the count with it
+            expect(whoami).to_contain_text(f"Logged in as ann · {len(expected)} of 9 battles judged")
+            page.locator("#arena-logout").click()
+            page.reload()  # ... and logging out forgets it
+            expect(page.locator("#arena-login-button")).to_be_visible()
+            expect(whoami).to_be_hidden()
+            # names are claimed with their first password
             page.locator("#arena-login").locator("textarea, input").first.fill("ann")
             page.locator("#arena-password input").fill("wrong horse")
             page.locator("#arena-login-button").click()

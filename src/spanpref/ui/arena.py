@@ -628,22 +628,30 @@ def build_app(config: ArenaConfig, arena: Arena | None = None) -> Any:
 
             demo.load(on_load, None, view_outputs)
         else:
+            # The session token also lives in the browser (localStorage, encrypted by gradio), so that a reload
+            # keeps the judge logged in; the server still decides who it belongs to, and logging out revokes it.
+            remembered = gr.BrowserState(None, storage_key="spanpref-arena-session")
 
             def on_login(name: str, password: str, code: str) -> dict:
                 try:
                     token, _ = arena.auth.login(name, password, code)
                 except UserError as e:
-                    return {**screen(None, str(e)), password_box: ""}
-                return {**view({"token": token}), password_box: ""}
+                    return {**screen(None, str(e)), password_box: "", remembered: None}
+                return {**view({"token": token}), password_box: "", remembered: token}
 
             def on_logout(state: dict | None) -> dict:
                 arena.auth.logout((state or {}).get("token"))
-                return screen(None, "Logged out.")
+                return {**screen(None, "Logged out."), remembered: None}
 
-            logout_button.click(on_logout, [session], view_outputs)
+            def on_reload(token: str | None) -> dict:
+                shown = view({"token": token}) if token else screen(None)
+                return {**shown, remembered: token if shown[session] else None}  # forget a revoked token
+
+            demo.load(on_reload, [remembered], [*view_outputs, remembered])
+            logout_button.click(on_logout, [session], [*view_outputs, remembered])
             login_inputs = [name_box, password_box, code_box]
-            login_button.click(on_login, login_inputs, [*view_outputs, password_box])
-            password_box.submit(on_login, login_inputs, [*view_outputs, password_box])
+            login_button.click(on_login, login_inputs, [*view_outputs, password_box, remembered])
+            password_box.submit(on_login, login_inputs, [*view_outputs, password_box, remembered])
 
         def leaderboard() -> list[str]:
             where = (f"{arena.store.count()} votes, stored in {arena.store.path} and exported to the "
