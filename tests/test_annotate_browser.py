@@ -149,3 +149,49 @@ def test_annotate_in_a_real_browser(tmp_path):
     assert (cmp["annotator"], cmp["choice"], cmp["rationale"]) == ("alice", "a", "A answers; B is noise")
     assert cmp["seconds"] > 0
     service.close()
+
+
+RECT_OF = """([el, start, end]) => {  // the box of UTF-16 offsets [start, end) of el's text (one text node)
+    const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    let node, seen = 0;
+    while ((node = walker.nextNode())) {
+        if (start < seen + node.data.length) break;
+        seen += node.data.length;
+    }
+    const r = document.createRange();
+    r.setStart(node, start - seen);
+    r.setEnd(node, end - seen);
+    const b = r.getBoundingClientRect();
+    return {top: b.top, bottom: b.bottom, left: b.left, right: b.right};
+}"""
+
+
+def test_the_reason_popup_never_covers_the_selection(tmp_path):
+    repo = make_repo(tmp_path / "repo", n_queries=1)
+    service = AnnotationService(AnnotateConfig(folder=str(repo.path), overlap=1, shuffle=False, swap_ab=False))
+    demo = build_app(service.config, service)
+    sub = "Eiffel Tower"
+    a, b = (
+        codepoint_to_utf16(EMOJI_TEXT, EMOJI_TEXT.index(sub)),
+        codepoint_to_utf16(EMOJI_TEXT, EMOJI_TEXT.index(sub) + len(sub)),
+    )
+    with served(demo) as url, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.set_default_timeout(TIMEOUT)
+        log_in(page, url, "carol", "carol-pw")
+        box = page.locator(".sp-text[data-k='0']")
+        # short windows with the selection in the middle: neither above nor below has room for the whole popup
+        for height, at in ((900, 0.3), (460, 0.55), (380, 0.5), (380, 0.85)):
+            page.set_viewport_size({"width": 1000, "height": height})
+            page.evaluate("([el, at]) => window.scrollBy(0, el.getBoundingClientRect().top - at * innerHeight)",
+                          [box.element_handle(), at])  # fmt: skip
+            select(page, 0, EMOJI_TEXT, sub)
+            chosen = page.evaluate(RECT_OF, [box.element_handle(), a, b])
+            shown = page.locator(".sp-popup").bounding_box()
+            apart = (shown["y"] + shown["height"] <= chosen["top"] or shown["y"] >= chosen["bottom"]
+                     or shown["x"] + shown["width"] <= chosen["left"] or shown["x"] >= chosen["right"])  # fmt: skip
+            assert apart, f"popup {shown} covers the selection {chosen} in a {height}px window"
+            assert shown["y"] >= 0 and shown["y"] + shown["height"] <= height  # and stays on screen
+            page.keyboard.press("Escape")
+            page.wait_for_selector(".sp-popup.sp-hidden", state="attached")
+    service.close()

@@ -334,9 +334,13 @@
     st.popup = ctx;
     drawPopup();
     popup.classList.remove("sp-hidden");
-    const w = popup.offsetWidth || 540, hgt = Math.min(popup.offsetHeight || 400, window.innerHeight * 0.7);
-    let top = rect.bottom + 8;
-    if (top + hgt > window.innerHeight - 8) top = Math.max(8, rect.top - hgt - 8);
+    // Never cover what was selected: go below it, or above it when there is more room there, and shrink (the
+    // popup scrolls) to the room on that side.
+    const below = window.innerHeight - rect.bottom - 16, above = rect.top - 16;
+    const room = Math.max(below, above, 120);
+    popup.style.maxHeight = Math.min(room, window.innerHeight * 0.7) + "px";
+    const w = popup.offsetWidth || 540, hgt = popup.offsetHeight;
+    const top = hgt <= below || below >= above ? rect.bottom + 8 : Math.max(8, rect.top - hgt - 8);
     popup.style.top = top + "px";
     popup.style.left = Math.max(8, Math.min(rect.left, window.innerWidth - w - 8)) + "px";
     paintText(ctx.k);
