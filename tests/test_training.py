@@ -241,6 +241,22 @@ def test_two_process_training_on_chain_pairs_moves_every_parameter(loss, local_c
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the FSDP config does join the processes")
+def test_processes_that_do_not_join_one_run_stop_with_advice(tiny_model, pairs_repo, tmp_path):
+    # FSDP's config on a machine without GPUs (and without use_cpu): each process would train alone on all the data
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(RECIPES / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
+           str(ROOT / "scripts" / "dpo.py"), "--config", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"),
+           "--dataset_name", str(pairs_repo), "--output_dir", str(tmp_path / "out"), "--use_cpu", "false"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "launched as 2 processes, but they did not join one distributed run" in proc.stderr + proc.stdout
+    assert "--multi_gpu" in proc.stderr + proc.stdout
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.server
 def test_two_process_sft_on_full_rewrites(local_chains_repo, tiny_model, tmp_path):
     out = tmp_path / "sft"

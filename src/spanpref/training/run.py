@@ -217,6 +217,13 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     trainer = trainer_class(model=model_args.model_name_or_path, args=training_args, train_dataset=train_ds,
                             eval_dataset=eval_ds, peft_config=get_peft_config(model_args),
                             callbacks=[first_eval])  # fmt: skip
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and trainer.accelerator.num_processes == 1:
+        # e.g. an FSDP/DeepSpeed config on a machine without GPUs: every process would train alone, on all the data,
+        # and they would overwrite each other's output
+        raise SystemExit(f"launched as {launched} processes, but they did not join one distributed run "
+                         f"({trainer.accelerator.distributed_type}). Without GPUs, launch with `--multi_gpu` and "
+                         "`use_cpu: true` in the recipe (two gloo ranks); with GPUs, check the accelerate config.")  # fmt: skip
     main_process = trainer.is_world_process_zero()
     logger.info("training on %d process(es) (%s)", trainer.accelerator.num_processes,
                 trainer.accelerator.distributed_type)  # fmt: skip
