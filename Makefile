@@ -8,7 +8,7 @@ QA_FEEDBACK ?= $(firstword $(wildcard ../shared/data/qa_feedback) bundled)
 TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 	TOKENIZERS_PARALLELISM=false GRADIO_ANALYTICS_ENABLED=False
 
-.PHONY: install demo test lint format bench clean
+.PHONY: bench-gpu install demo test lint format bench clean
 
 install:
 	# torch first, pinned: anything that resolves torch on its own pulls a multi-GB CUDA build.
@@ -40,6 +40,9 @@ bench:
 	$(PYTHON) benchmarks/chains.py --examples 30
 	$(PYTHON) benchmarks/elo.py
 	$(PYTHON) benchmarks/annotate_load.py --annotators 50 --seconds 60
+
+bench-gpu:  # training benchmarks: minutes on a GPU, far longer on a few CPU cores
+	$(PYTHON) benchmarks/ref_logps.py
 
 clean:
 	rm -rf outputs .pytest_cache build src/*.egg-info

@@ -121,6 +121,41 @@ def test_trl_internals_the_override_relies_on_are_unchanged(tiny_model, pairs_re
             assert ours._metrics[mode][name][-1] == pytest.approx(theirs._metrics[mode][name][-1], rel=1e-5), name
 
 
+def test_reference_log_probs_are_computed_once_across_runs(tiny_model, pairs_repo, tmp_path, monkeypatch):
+    """Two trainers on the same pairs and reference (another loss, as in a sweep) share the reference log-probs:
+    the second computes none and gets exactly the first's. Another precompute batch size misses the cache."""
+    from trl import DPOTrainer
+
+    from spanpref.training.trainer import SpanprefDPOConfig, SpanprefDPOTrainer
+
+    calls = []
+    original = DPOTrainer._precompute_ref_logps
+
+    def counting(self, dataset, name, batch_size):
+        calls.append(name)
+        return original(self, dataset, name, batch_size)
+
+    monkeypatch.setattr(DPOTrainer, "_precompute_ref_logps", counting)
+    cache = tmp_path / "cache"
+
+    def trainer(out, **kwargs):
+        kwargs.setdefault("ref_logps_cache", str(cache))
+        return _trainer(SpanprefDPOTrainer, SpanprefDPOConfig, tiny_model, pairs_repo, tmp_path / out,
+                        precompute_ref_log_probs=True, **kwargs)  # fmt: skip
+
+    first = trainer("a", loss_type=["apo_down"])
+    assert calls == ["train"] and len(list(cache.glob("*.npz"))) == 1
+    second = trainer("b", loss_type=["sigmoid"])
+    assert calls == ["train"]  # nothing computed again
+    for column in ("ref_chosen_logps", "ref_rejected_logps"):
+        assert second.train_dataset[column] == first.train_dataset[column]
+        assert any(v != 0 for v in first.train_dataset[column])
+    trainer("c", loss_type=["sigmoid"], precompute_ref_batch_size=3)  # other padding: not bit-identical, so a miss
+    assert calls == ["train", "train"] and len(list(cache.glob("*.npz"))) == 2
+    trainer("d", loss_type=["sigmoid"], ref_logps_cache="none")
+    assert calls == ["train", "train", "train"] and len(list(cache.glob("*.npz"))) == 2
+
+
 def test_dpo_positive_cannot_be_mixed_with_other_losses(tiny_model, pairs_repo, tmp_path):
     from spanpref.training.trainer import SpanprefDPOConfig, SpanprefDPOTrainer
 

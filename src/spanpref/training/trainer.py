@@ -14,8 +14,14 @@ batch is [chosen; rejected] with `input_ids`, `attention_mask`, `completion_mask
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.utils import is_peft_model
 from trl import DPOConfig, DPOTrainer
@@ -25,6 +31,7 @@ from trl.trainer.utils import use_adapter
 from spanpref.training.losses import LOSSES, PreferenceLogps, compute_dpop_penalty
 
 TRL_VERSION = "1.16.0"  # the version whose DPOTrainer internals the override was checked against
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,9 +43,79 @@ class SpanprefDPOConfig(DPOConfig):
         metadata={"help": "DPO-Positive penalty weight lambda (Pal et al. 2024 use 50): how hard a drop of the chosen "
                   "answer's likelihood below the reference is punished. Only used with loss_type dpo_positive."},
     )  # fmt: skip
+    ref_logps_cache: str | None = field(
+        default=None,
+        metadata={"help": "with precompute_ref_log_probs: folder of reference log-probs kept across runs, keyed by a "
+                  "hash of the reference weights, the tokenized pairs and the settings that change them, so runs "
+                  "that share a reference and data (a learning-rate sweep, the four losses on one pair set, a "
+                  "rerun) compute them once. Default: <spanpref cache>/ref_logps; 'none' turns it off."},
+    )  # fmt: skip
+
+
+def _hash_dataset(h, dataset) -> None:
+    """Feed what the model sees of a tokenized dataset (its `*_ids` and `*_mask` columns, in row order) to hash `h`.
+
+    Values, not Arrow buffers: the same rows can be laid out in different chunks in two processes."""
+    import pyarrow.compute as pc
+
+    if dataset._indices is not None:
+        dataset = dataset.flatten_indices()
+    table = dataset.data.table
+    names = sorted(n for n in table.column_names if n.endswith(("_ids", "_mask")))
+    if not names:
+        raise ValueError(f"no token columns to key reference log-probs on (columns: {table.column_names})")
+    for name in names:
+        column = table.column(name).combine_chunks()
+        h.update(name.encode())
+        h.update(pc.list_value_length(column).to_numpy(zero_copy_only=False).astype("int64").tobytes())
+        h.update(pc.list_flatten(column).to_numpy(zero_copy_only=False).astype("int64").tobytes())
 
 
 class SpanprefDPOTrainer(DPOTrainer):
+    def _ref_logps_cache_file(self, dataset, batch_size: int) -> Path | None:
+        """Where the reference log-probs of `dataset` are kept across runs (None: not kept). Rank 0 decides."""
+        from accelerate.utils import broadcast_object_list
+
+        from spanpref.models import default_cache_root
+
+        folder = getattr(self.args, "ref_logps_cache", None)
+        if folder is not None and folder.lower() == "none":
+            return None
+        h = hashlib.sha256()
+        model = self.ref_model or self.model
+        settings = {name: str(getattr(self.args, name, None)) for name in
+                    ("max_length", "truncation_mode", "padding_free", "pad_to_multiple_of", "use_logits_to_keep",
+                     "bf16", "fp16")}  # fmt: skip
+        settings.update(model_hash=self._precompute_model_hash, dtype=str(getattr(model, "dtype", "")),
+                        batch_size=batch_size, trl=TRL_VERSION, torch=torch.__version__, rows=len(dataset))  # fmt: skip
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        _hash_dataset(h, dataset)
+        key = [h.hexdigest()[:32]]
+        broadcast_object_list(key, from_process=0)
+        return Path(folder or default_cache_root() / "ref_logps") / f"{key[0]}.npz"
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        """TRL's precompute, but kept on disk across runs (`ref_logps_cache`): TRL's own cache is keyed by the
+        datasets fingerprint of the tokenized pairs, which is not the same in two processes."""
+        from datasets import Dataset, concatenate_datasets
+
+        path = self._ref_logps_cache_file(dataset, batch_size)
+        if path is not None and path.is_file():
+            with np.load(path) as cached:
+                columns = {k: cached[k] for k in ("ref_chosen_logps", "ref_rejected_logps")}
+            if len(columns["ref_chosen_logps"]) == len(dataset):
+                logger.info("reference log-probs of the %s dataset from %s", name, path)
+                return concatenate_datasets([dataset, Dataset.from_dict(columns)], axis=1)
+        result = super()._precompute_ref_logps(dataset, name, batch_size)
+        if path is not None and self.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+            np.savez(tmp, ref_chosen_logps=np.asarray(result["ref_chosen_logps"], dtype=np.float32),
+                     ref_rejected_logps=np.asarray(result["ref_rejected_logps"], dtype=np.float32))  # fmt: skip
+            os.replace(tmp, path)
+            logger.info("reference log-probs of the %s dataset kept in %s", name, path)
+        return result
+
     def _uses_own_loss(self) -> bool:
         own = set(self.loss_types) <= set(LOSSES)
         exotic = (
