@@ -413,8 +413,12 @@ def test_sweep_runs_every_rate_records_them_and_picks_by_the_validation_metric(t
 
     out = tmp_path / "sweep"
     argv = ["sweep", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), "--learning-rates", "1e-3", "1e-7",
-            "--output-dir", str(out), "--set", f"dataset_name={pairs_repo}", "max_steps=2"]  # fmt: skip
+            "--output-dir", str(out), "--set", f"dataset_name={pairs_repo}", "max_steps=2",
+            f"ref_logps_cache={tmp_path / 'ref'}"]  # fmt: skip
     assert main(argv) == 0
+    # the reference log-probs are computed by the first rate and read by the second
+    assert "reference log-probs of the train dataset kept in" in (out / "lr-0.001.log").read_text()
+    assert "reference log-probs of the train dataset from" in (out / "lr-1e-07.log").read_text()
     record = json.loads((out / "sweep.json").read_text())
     assert [r["learning_rate"] for r in record["runs"]] == [1e-3, 1e-7]
     assert all(r["status"] == "ok" for r in record["runs"])

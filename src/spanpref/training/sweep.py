@@ -86,6 +86,10 @@ def run_sweep(recipe: str, *, stage: str = "dpo", learning_rates: list[float] | 
     from spanpref.cli import override_flags
 
     extra = override_flags(overrides or [])
+    if stage == "dpo" and "--precompute_ref_log_probs" not in extra:
+        # every rate has the same reference and data: its log-probs are computed by the first run and read from the
+        # cache (`ref_logps_cache`) by the others; `--set precompute_ref_log_probs=false` turns this off
+        extra += ["--precompute_ref_log_probs", "true"]
     launch = shlex.split(launcher)
     if launch == ["python"]:
         launch = [sys.executable]
