@@ -87,7 +87,7 @@ class SpanprefDPOTrainer(DPOTrainer):
                     ("max_length", "truncation_mode", "padding_free", "pad_to_multiple_of", "use_logits_to_keep",
                      "bf16", "fp16")}  # fmt: skip
         settings.update(model_hash=self._precompute_model_hash, dtype=str(getattr(model, "dtype", "")),
-                        batch_size=batch_size, trl=TRL_VERSION, torch=torch.__version__, rows=len(dataset))  # fmt: skip
+                        batch_size=batch_size, trl=TRL_VERSION, torch=torch.__version__)  # fmt: skip
         h.update(json.dumps(settings, sort_keys=True).encode())
         _hash_dataset(h, dataset)
         key = [h.hexdigest()[:32]]
