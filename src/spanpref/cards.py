@@ -35,8 +35,11 @@ DESCRIPTIONS = {
     schema.RATINGS: "a model's Elo rating with its bootstrap interval",
 }
 
-# Meta keys a user may set in the card's YAML and that survive re-rendering.
-KEPT_META = ("pretty_name", "license", "language", "task_categories", "tags", "size_categories", "description")
+# Keys spanpref computes on every render; every other key of a card (another tool's included) is kept as it is.
+COMPUTED_META = ("configs",)
+# Hub task ids (huggingface_hub's and the Hub's list): the pairs train text generation; the annotations and
+# comparisons are classification/ranking data about texts.
+DATASET_TASKS = ["text-generation"]
 
 
 def load_card_template(name: str = "dataset_card.md.j2") -> jinja2.Template:
@@ -77,23 +80,39 @@ def _caveats(repo: Any, names: list[str], stats: Any) -> list[str]:
     return out
 
 
+def size_category(rows: int) -> str:
+    """The Hub's `size_categories` value for a number of rows (its buckets: n<1K, 1K<n<10K, ...)."""
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+              (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T")]  # fmt: skip
+    return next((label for bound, label in bounds if rows < bound), "n>1T")
+
+
 def render_dataset_card(
-    repo: Any, config_names: list[str], previous_meta: dict | None = None, title: str = "spanpref dataset"
+    repo: Any,
+    config_names: list[str],
+    previous_meta: dict | None = None,
+    title: str = "spanpref dataset",
+    config_entries: list[dict] | None = None,
 ) -> str:
-    """The README.md of a repo whose data files are in place: YAML `configs:` plus computed statistics."""
-    meta = {k: v for k, v in (previous_meta or {}).items() if k in KEPT_META}
+    """The README.md of a repo whose data files are in place: YAML `configs:` plus computed statistics.
+
+    `config_entries` are the card's `configs:` entries as they should be written (another tool's entries kept
+    verbatim); by default they are read from the repo's current card."""
+    meta = {k: v for k, v in (previous_meta or {}).items() if k not in COMPUTED_META and v is not None}
     meta.setdefault("tags", ["spanpref", "span-feedback", "preference"])
-    meta["configs"] = [
-        {"config_name": name,
-         "data_files": [{"split": s, "path": repo.shards(name)[s].relative_to(repo.path).as_posix()}
-                        for s in repo.splits(name)]}
-        for name in config_names
-    ]  # fmt: skip
+    meta.setdefault("task_categories", list(DATASET_TASKS))
+    entries = config_entries if config_entries is not None else list(repo.config_entries().values())
+    by_name = {e["config_name"]: e for e in entries}
+    meta["configs"] = [by_name[n] for n in config_names]
+    ours = [n for n in config_names if n in schema.CONFIGS]
+    meta["size_categories"] = [size_category(max([repo.count(n) for n in ours] or [0]))]
     configs = [
-        {"name": n, "description": DESCRIPTIONS.get(n, ""),
-         "splits": ", ".join(f"{s} ({_count(repo, n, s)})" for s in repo.splits(n))}
+        {"name": n, "description": DESCRIPTIONS.get(n, "(not a spanpref config)"),
+         "splits": ", ".join(f"{s} ({repo.count(n, s)})" for s in repo.splits(n))}
         for n in config_names
     ]  # fmt: skip
+    config_names = ours  # the statistics below read spanpref's columns
     stats = load_annotation_stats(repo) if schema.ANNOTATIONS in config_names else None
     taxonomy_key, reason_table = "", ""
     if stats is not None:
@@ -148,12 +167,6 @@ def _chain_table(repo: Any) -> str:
                      f"{st['validity_rate']:.1%} | {num(st['mean_steps'], '.2f')} | {num(st['mean_edit_size'], '.1f')} | "
                      f"{num(st['tokens']['completion_per_valid_chain'], '.0f')} | {reasons or '–'} |")  # fmt: skip
     return "\n".join(lines)
-
-
-def _count(repo: Any, config: str, split: str) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(repo.shards(config)[split]).metadata.num_rows
 
 
 METHODS = {"sigmoid": "DPO", "dpo_positive": "DPO-Positive", "apo_zero": "APO-zero", "apo_down": "APO-down"}

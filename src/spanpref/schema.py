@@ -8,6 +8,7 @@ the config, the row and the problem.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections import Counter
@@ -139,7 +140,7 @@ class Reference:
 @dataclass
 class ChainStep:
     text: str  # the whole response after this step
-    span_id: int  # the dislike span this step addressed
+    span_id: int  # the dislike span this step addressed; -1: changes outside every span (human chains)
     edit_start: int  # changed region [edit_start, edit_end) in the previous text
     edit_end: int
     new_end: int  # end of the changed region in this step's text
@@ -151,7 +152,7 @@ class Chain:
     chain_id: str
     annotation_id: str
     method: str  # "sequential": one dislike span per step, left to right
-    rewriter: str  # "paper" | "local"
+    rewriter: str  # "paper" | "local" | "human"
     model: str
     steps: list[ChainStep] = field(default_factory=list)
     status: str = "ok"  # "ok" | "rejected"
@@ -159,6 +160,7 @@ class Chain:
     attempts: int = 1
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    untouched_spans: list[int] = field(default_factory=list)  # dislike span_ids a human correction left as they were
 
 
 @dataclass
@@ -321,6 +323,65 @@ def _convert(tp: Any, value: Any) -> Any:
     return value
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_values(record_cls: type, row: Mapping[str, Any], where: str = "") -> list[str]:
+    """Values of a row that do not fit the record's types, each named by its column path: a bool where an int
+    or float belongs (Python counts True as 1; the data contract does not), a lone surrogate in a text (not
+    Unicode, so no UTF-8 file can hold it), a wrong scalar, list or struct type."""
+    out: list[str] = []
+    hints = typing.get_type_hints(record_cls)
+    for f in dataclasses.fields(record_cls):
+        if f.name in row:
+            _check_value(hints[f.name], row[f.name], f"{where}{f.name}", out)
+    return out
+
+
+def _check_value(tp: Any, value: Any, where: str, out: list[str]) -> None:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            out.append(f"{where}: expected a list, got {type(value).__name__} {value!r:.60}")
+            return
+        (item,) = typing.get_args(tp)
+        for i, v in enumerate(value):
+            _check_value(item, v, f"{where}[{i}]", out)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            value = to_row(value)
+        if not isinstance(value, Mapping):
+            out.append(f"{where}: expected an object with {columns_of_class(tp)}, got {type(value).__name__}")
+            return
+        out.extend(check_values(tp, value, f"{where}."))
+    elif value is None:
+        return  # a missing required value is reported by the column checks
+    elif tp is str:
+        if not isinstance(value, str):
+            out.append(f"{where}: expected a string, got {type(value).__name__} {value!r:.60}")
+        elif m := _LONE_SURROGATE.search(value):
+            out.append(f"{where}: lone surrogate {m.group()!r} at character {m.start()} (not valid Unicode; "
+                       "a UTF-8 file cannot hold it: was the text decoded with errors='surrogateescape', or "
+                       "cut inside a JSON \\u escape pair?)")  # fmt: skip
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            out.append(f"{where}: expected an integer, got {type(value).__name__} {value!r:.60}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            out.append(f"{where}: expected a number, got {type(value).__name__} {value!r:.60}")
+    elif tp is bool and not isinstance(value, bool):
+        out.append(f"{where}: expected true or false, got {type(value).__name__} {value!r:.60}")
+
+
+def columns_of_class(record_cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(record_cls)]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------------
@@ -375,6 +436,7 @@ def check_configs(configs: Mapping[str, Iterable[Any]], taxonomy: Any = None) ->
             missing = [c for c in required if c not in row]
             if missing:
                 problems.append(Problem(name, i, str(row.get(id_col, "")), f"missing column(s) {missing}"))
+            problems.extend(Problem(name, i, str(row.get(id_col, "")), m) for m in check_values(cls, row))
         if id_col:
             first: dict[str, int] = {}
             for i, row in enumerate(rows):
@@ -432,7 +494,8 @@ def check_spans(spans: Iterable[Any], text: str | None, taxonomy: Any = None) ->
         sid, start, end, pol = s.get("span_id"), s.get("start"), s.get("end"), s.get("polarity")
         seen[sid] += 1
         label = f"span {sid}"
-        if not isinstance(start, int) or not isinstance(end, int):
+        # bool is a subclass of int in Python: `start: false` must not read as offset 0
+        if type(start) is not int or type(end) is not int:
             out.append(f"{label}: start and end must be integers, got {start!r}, {end!r}")
             continue
         if start < 0 or start >= end:
