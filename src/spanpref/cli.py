@@ -194,7 +194,13 @@ def run_validate(args: ValidateArgs) -> int:
     problems = schema.check_configs(data, load_taxonomy(args.taxonomy))
     for p in problems:
         print(p)
-    print(f"{len(problems)} problem(s) in {sum(len(r) for r in data.values())} rows of {len(data)} config(s)")
+    rows = sum(len(r) for r in data.values())
+    print(f"{len(problems)} problem(s) in {rows} rows of {len(data)} config(s)")
+    if not rows:  # a clean report on nothing must not pass for a valid repo
+        others = [n for n in repo.config_names() if n not in schema.CONFIGS]
+        print(f"nothing to validate: {repo.path} has no rows in spanpref's configs ({sorted(schema.CONFIGS)})"
+              + (f"; its card lists {others}" if others else ""))  # fmt: skip
+        return 1
     return 1 if problems else 0
 
 
