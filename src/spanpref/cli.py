@@ -342,8 +342,9 @@ def run_generate_responses(args: GenerateResponsesArgs) -> None:
 @dataclass(kw_only=True)
 class ChainsArgs(BackendArgs):
     folder: str = _arg("dataset repo folder with annotations, responses, queries and documents", positional=True)
-    rewriter: str = _arg("local (one call per span; ours) or paper (one call per chain), or a rewriter folder "
-                         "with config.yaml + prompt.txt", default="local")  # fmt: skip
+    rewriter: str = _arg("local (one call per span; ours), paper (one call per chain), human (the annotators' "
+                         "corrections, no model) or a rewriter folder with config.yaml + prompt.txt",
+                         default="local")  # fmt: skip
     limit: int | None = _arg("only the first N annotations with dislike spans", default=None)
     max_attempts: int | None = _arg("tries per chain (paper) or per step (local) before rejecting (default: the "
                                     "rewriter's config.yaml)", default=None)  # fmt: skip
@@ -357,10 +358,12 @@ class ChainsArgs(BackendArgs):
 
 def run_chains(args: ChainsArgs) -> None:
     from spanpref.chains.build import build_chains
+    from spanpref.chains.rewriters import needs_backend
     from spanpref.chains.validate import ValidationConfig
 
     validation = ValidationConfig(slack=args.slack, merge_gap=args.merge_gap, liked_spans=args.liked_spans)
-    report = build_chains(args.folder, args.rewriter, args.build(), validation=validation, limit=args.limit,
+    backend = args.build() if needs_backend(args.rewriter) else None
+    report = build_chains(args.folder, args.rewriter, backend, validation=validation, limit=args.limit,
                           chunk_size=args.chunk_size, seed=args.seed, max_attempts=args.max_attempts,
                           temperature=args.temperature, top_p=args.top_p)  # fmt: skip
     print(report.summary())

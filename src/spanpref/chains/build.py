@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from spanpref import schema
 from spanpref.backends import Backend
-from spanpref.chains.rewriters import ChainContext, build_rewriter
+from spanpref.chains.rewriters import HUMAN_MODEL, ChainContext, build_rewriter
 from spanpref.chains.validate import ValidationConfig, order_dislikes, summarize_chains
 from spanpref.journal import Journal
 from spanpref.repo import RepoError, open_repo
@@ -78,6 +78,7 @@ def load_contexts(repo: Any, rewriter: str, model_id: str, taxonomy: Taxonomy | 
             chain_id=f"{ann['annotation_id']}-{rewriter}-{_slug(model_id)}", annotation_id=ann["annotation_id"],
             query=query["query"], document=documents[query["doc_id"]]["text"], a0=response["text"],
             dislikes=dislikes, likes=[s for s in spans if s.polarity == schema.LIKE], reason_labels=labels,
+            correction=ann.get("reference_rewrite"), annotator=ann.get("annotator") or "",
         ))  # fmt: skip
     return contexts
 
@@ -85,7 +86,7 @@ def load_contexts(repo: Any, rewriter: str, model_id: str, taxonomy: Taxonomy | 
 def build_chains(
     folder: str,
     rewriter: str,
-    backend: Backend,
+    backend: Backend | None,
     *,
     validation: ValidationConfig | None = None,
     limit: int | None = None,
@@ -97,11 +98,14 @@ def build_chains(
     """Build (or finish building) the chains of `folder` with one rewriter, and write them to its chains config.
 
     Chains of other rewriters or models already in the config are kept, so rewriters can be compared side by
-    side on the same annotations.
+    side on the same annotations. A rewriter without a model (`human`) takes `backend=None`.
     """
     repo = open_repo(folder)
     rw = build_rewriter(rewriter, validation, **rewriter_overrides)
-    contexts = load_contexts(repo, rw.name, backend.model_id)[:limit]
+    if backend is None and rw.needs_backend:
+        raise ValueError(f"the {rw.name} rewriter needs a generation backend")
+    model_id = backend.model_id if backend is not None and rw.needs_backend else HUMAN_MODEL
+    contexts = load_contexts(repo, rw.name, model_id)[:limit]
     existing = repo.read(schema.CHAINS) if repo.has(schema.CHAINS) else []
     journal = Journal(repo.path, f"chains-{rw.name}")
     journaled = list(journal.records())

@@ -26,6 +26,7 @@ import yaml
 
 from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig
+from spanpref.chains.human import build_human_chain
 from spanpref.chains.validate import ValidationConfig, check_chain, check_step, reanchor
 from spanpref.markup import MarkupError, parse_markup, render_markup
 from spanpref.prompts import PromptTemplate, load_prompt, parse_prompt, truncate_text
@@ -48,11 +49,14 @@ class ChainContext:
     dislikes: list[schema.Span]  # in the order they are addressed (left to right)
     likes: list[schema.Span]
     reason_labels: dict[int, str]  # span_id -> "Off-topic; Repeats itself (note: ...)"
+    correction: str | None = None  # the annotator's corrected response (reference_rewrite), if any
+    annotator: str = ""
 
 
 @dataclass(kw_only=True)
 class RewriterConfig:
-    prompt: str = field(default="prompt.txt", metadata={"help": "prompt file, relative to the rewriter folder"})
+    prompt: str = field(default="prompt.txt", metadata={"help": "prompt file, relative to the rewriter folder; "
+                                                                "empty for a rewriter without a model (human)"})  # fmt: skip
     max_attempts: int = field(default=3, metadata={"help": "tries per chain (paper) or per step (local)"})
     max_document_chars: int = field(default=4000, metadata={"help": "the document is cut to this length"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
@@ -62,10 +66,16 @@ class RewriterConfig:
     max_new_tokens_per_step_factor: float = field(
         default=1.5, metadata={"help": "paper: token budget per response token per step"}
     )
+    attach_chars: int = field(default=12, metadata={
+        "help": "human: a change outside every dislike span joins the step of a span (or of a change given to one) "
+                "at most this many characters away; farther ones get steps of their own"})  # fmt: skip
+    outside_steps: bool = field(default=True, metadata={
+        "help": "human: changes far from every dislike span become steps of their own at the end of the chain "
+                "(span_id -1); false rejects such chains (outside_change)"})  # fmt: skip
 
 
-def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, PromptTemplate]:
-    """A rewriter folder (config.yaml + prompt.txt): bundled by name (`paper`, `local`) or a path."""
+def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, PromptTemplate | None]:
+    """A rewriter folder (config.yaml + prompt.txt): bundled by name (`paper`, `local`, `human`) or a path."""
     folder = Path(name_or_dir)
     if not folder.is_dir():
         bundled = resources.files("spanpref") / "recipes" / "rewriters" / str(name_or_dir)
@@ -80,6 +90,8 @@ def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, Promp
     if unknown:
         raise ValueError(f"{folder / 'config.yaml'}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     cfg = RewriterConfig(**data)
+    if not cfg.prompt:
+        return cfg, None
     prompt_path = folder / cfg.prompt
     return cfg, parse_prompt(prompt_path.read_text(encoding="utf-8"), f"rewriters/{folder.name}")
 
@@ -99,27 +111,34 @@ class _Usage:
 
 
 def chain_row(ctx: ChainContext, rewriter: str, model: str, steps: list[dict], *, status: str, reason: str,
-              attempts: int, usage: _Usage) -> dict[str, Any]:  # fmt: skip
+              attempts: int, usage: _Usage, untouched: list[int] | None = None) -> dict[str, Any]:  # fmt: skip
     return {"chain_id": ctx.chain_id, "annotation_id": ctx.annotation_id, "method": "sequential",
             "rewriter": rewriter, "model": model, "steps": steps, "status": status, "reject_reason": reason,
-            "attempts": attempts, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}  # fmt: skip
+            "attempts": attempts, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "untouched_spans": list(untouched or [])}  # fmt: skip
 
 
-def steps_from_texts(ctx: ChainContext, texts: list[str], edits: list[Any]) -> list[dict]:
+def steps_from_texts(ctx: ChainContext, texts: list[str], edits: list[Any],
+                     spans: list[schema.Span] | None = None) -> list[dict]:  # fmt: skip
+    spans = ctx.dislikes if spans is None else spans
     return [{"text": t, "span_id": s.span_id, "edit_start": e.start, "edit_end": e.end, "new_end": e.new_end,
-             "distance": e.distance} for t, s, e in zip(texts, ctx.dislikes, edits, strict=True)]  # fmt: skip
+             "distance": e.distance} for t, s, e in zip(texts, spans, edits, strict=True)]  # fmt: skip
 
 
 class Rewriter(ABC):
     name: str
+    needs_backend = True
 
-    def __init__(self, config: RewriterConfig, prompt: PromptTemplate, validation: ValidationConfig | None = None):
+    def __init__(self, config: RewriterConfig, prompt: PromptTemplate | None,
+                 validation: ValidationConfig | None = None):  # fmt: skip
+        if prompt is None and self.needs_backend:
+            raise ValueError(f"the {self.name} rewriter needs a prompt file (config key `prompt`)")
         self.config = config
         self.prompt = prompt
         self.validation = validation or ValidationConfig()
 
     @abstractmethod
-    def rewrite(self, contexts: list[ChainContext], backend: Backend, seed: int = 0) -> list[dict[str, Any]]:
+    def rewrite(self, contexts: list[ChainContext], backend: Backend | None, seed: int = 0) -> list[dict[str, Any]]:
         """One chains-config row per context, status "ok" or "rejected" with the reason."""
 
     def _gen(self, max_new_tokens: int, seed: int) -> GenerationConfig:
@@ -391,11 +410,44 @@ class LocalRewriter(Rewriter):
             s.rejected = True
 
 
-REWRITERS: dict[str, type[Rewriter]] = {"paper": PaperRewriter, "local": LocalRewriter}
+# ---------------------------------------------------------------------------------------------------
+# human
+# ---------------------------------------------------------------------------------------------------
+HUMAN_MODEL = "correction"  # what a human chain records as its model: the annotation's own correction
+
+
+class HumanRewriter(Rewriter):
+    """Chains from the annotators' corrections, no model (`spanpref.chains.human`)."""
+
+    name = "human"
+    needs_backend = False
+
+    def rewrite(
+        self, contexts: list[ChainContext], backend: Backend | None = None, seed: int = 0
+    ) -> list[dict[str, Any]]:
+        rows = []
+        for ctx in contexts:
+            chain = build_human_chain(ctx.a0, ctx.correction, ctx.dislikes, ctx.likes,
+                                      attach_chars=self.config.attach_chars, outside_steps=self.config.outside_steps,
+                                      cfg=self.validation)  # fmt: skip
+            steps = steps_from_texts(ctx, chain.texts, chain.edits, chain.spans) if chain.ok else []
+            model = f"human:{ctx.annotator}" if ctx.annotator else "human"
+            rows.append(chain_row(ctx, self.name, model, steps, status="ok" if chain.ok else "rejected",
+                                  reason=chain.reason, attempts=1, usage=_Usage(), untouched=chain.untouched))  # fmt: skip
+        return rows
+
+
+REWRITERS: dict[str, type[Rewriter]] = {"paper": PaperRewriter, "local": LocalRewriter, "human": HumanRewriter}
+
+
+def needs_backend(name_or_dir: str) -> bool:
+    """Whether a rewriter (by name or folder) generates with a model; an unknown one is assumed to."""
+    kind = REWRITERS.get(Path(str(name_or_dir)).name)
+    return kind is None or kind.needs_backend
 
 
 def build_rewriter(name_or_dir: str, validation: ValidationConfig | None = None, **overrides: Any) -> Rewriter:
-    """A rewriter by name (`paper`, `local`) or from a folder whose config.yaml names no class: the folder
+    """A rewriter by name (`paper`, `local`, `human`) or from a folder whose config.yaml names no class: the folder
     name picks the class. `overrides` replace config.yaml values."""
     cfg, prompt = load_rewriter_config(name_or_dir)
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -405,5 +457,5 @@ def build_rewriter(name_or_dir: str, validation: ValidationConfig | None = None,
     return REWRITERS[kind](cfg, prompt, validation)
 
 
-__all__ = ["ChainContext", "RewriterConfig", "Rewriter", "PaperRewriter", "LocalRewriter", "REWRITERS",
-           "build_rewriter", "load_rewriter_config", "sentence_window", "clean_passage", "split_steps", "load_prompt"]  # fmt: skip
+__all__ = ["ChainContext", "RewriterConfig", "Rewriter", "PaperRewriter", "LocalRewriter", "HumanRewriter", "REWRITERS",
+           "build_rewriter", "needs_backend", "load_rewriter_config", "sentence_window", "clean_passage", "split_steps", "load_prompt"]  # fmt: skip
