@@ -244,14 +244,14 @@ def test_alpaca_eval_annotator_against_a_local_server(tmp_path, llama_server, mo
     rows = repo.read(schema.JUDGMENTS)
     assert report.judged == len(rows) == 3
     for r in rows:
-        # AlpacaEval's regex parser: the first "Output (a)/(b)" mention; our wrapper kept every raw reply
+        # AlpacaEval's regex parser with our patterns: the reply's last line decides; our wrapper kept every raw reply
         assert r["raw_output"].strip(), r
         if r["raw_output"] == IDENTICAL:  # the answers share their first 200 characters
             assert r["winner"] == "tie"
         elif r["winner"] is None:
             assert "AlpacaEval returned no preference" in r["parse_error"]
         else:
-            first = re.search(r"(?i)output\s*\(?([ab])\)?", r["raw_output"]).group(1)
+            first = re.search(r"(?i)output\s*\(?([ab])\)?\W*$", r["raw_output"].strip().splitlines()[-1]).group(1)
             shown_first_won = first == "a"
             other = r["model_b"] if r["shown_first"] == r["model_a"] else r["model_a"]
             winner_model = r["shown_first"] if shown_first_won else other

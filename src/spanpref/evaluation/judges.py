@@ -4,7 +4,8 @@ A judge is a folder `recipes/judges/<name>/` with `config.yaml` (its `kind` and 
 `prompt.txt`. The kinds (`JUDGES`):
 
 - `reference`: offline; prefers the output with the higher ROUGE-L F1 against the query's reference answer.
-- `llm`: our own pairwise prompt through any generation backend; the reply must end with a verdict line.
+- `llm`: our own pairwise prompt through any generation backend; the reply's last line must be a verdict line
+  carrying the judgment's code (`verdict_tag`), which no judged output can know; a reply without one is asked again.
 - `alpaca_eval`: AlpacaEval's pairwise annotator, with its `alpaca_eval_gpt4` configuration (OpenAI) or with our
   own annotator configuration pointed at any OpenAI-compatible server.
 
@@ -61,6 +62,11 @@ class JudgeConfig:
     max_output_chars: int = field(default=3000, metadata={"help": "each judged output is cut to this length"})
     annotators_config: str = field(default="alpaca_eval_gpt4", metadata={
         "help": "alpaca_eval: AlpacaEval's annotator configuration used with OpenAI's API (no --base-url)"})  # fmt: skip
+    max_attempts: int = field(default=2, metadata={
+        "help": "llm: tries per pair; a reply whose last line is not a verdict is asked again (the retry prompt)"})  # fmt: skip
+    retry_prompt: str = field(default="retry.txt", metadata={
+        "help": "llm: the follow-up sent after a reply without a verdict line, relative to the judge folder "
+                "(if the file is missing, the request is simply sent again)"})  # fmt: skip
 
 
 def find_judge_folder(name_or_dir: str | Path) -> Path:
@@ -108,6 +114,7 @@ class PairTask:
     text_a: str
     text_b: str
     swapped: bool  # True: model_b's output is shown first
+    tag: str = ""  # the code the verdict line must carry (see `verdict_tag`)
 
     @property
     def shown(self) -> tuple[str, str]:
@@ -177,51 +184,102 @@ class ReferenceJudge(Judge):
 # ---------------------------------------------------------------------------------------------------
 # llm
 # ---------------------------------------------------------------------------------------------------
-_VERDICT_LINE = re.compile(r"verdict\W{0,6}(?:answer\s*)?(1|2|one|two|tie|none|neither|both|equal)\b", re.I)
+_CHOICE = r"(?:answer\s*)?(1|2|one|two|tie|none|neither|both|equal)"
 _BARE = re.compile(r"^\W*(?:answer\s*)?(1|2|tie)\W*$", re.I)
 _WORDS = {"1": FIRST, "one": FIRST, "2": SECOND, "two": SECOND}
+NO_VERDICT = ("the reply's last line is not a verdict line ('Verdict: 1', 'Verdict: 2' or 'Verdict: tie', with the "
+              "comparison's code in brackets where the prompt gives one)")  # fmt: skip
 
 
-def parse_llm_verdict(text: str) -> tuple[str | None, str]:
-    """(verdict, error) from an llm judge reply: the last "Verdict: 1 / 2 / tie" wins; a reply that is only
-    "1", "2", "Answer 2" or "tie" is accepted too. Anything else is unparsable (verdict None, error says why)."""
-    matches = _VERDICT_LINE.findall(text)
-    if matches:
-        word = matches[-1].lower()
-        return _WORDS.get(word, TIE), ""
+def verdict_tag(judgment_id: str, seed: int) -> str:
+    """A short code, drawn per judgment, that the judge's verdict line must repeat. The outputs being judged were
+    written before it existed, so a verdict line inside an output (or a judge echoing one) cannot carry it."""
+    digest = hashlib.sha256(f"verdict:{seed}:{judgment_id}".encode()).hexdigest()
+    return digest[:4].upper()
+
+
+def _verdict_line(tag: str | None) -> re.Pattern:
+    # the whole last line, nothing before or after the verdict but punctuation and markup
+    code = rf"\s*\[{re.escape(tag)}\]" if tag else r"(?:\s*\[\w+\])?"
+    return re.compile(rf"^\W*verdict{code}\W{{0,6}}{_CHOICE}\W*$", re.I)
+
+
+def parse_llm_verdict(text: str, tag: str | None = None) -> tuple[str | None, str]:
+    """(verdict, error) from an llm judge reply. Only the reply's last non-empty line counts, and it must be a
+    verdict line and nothing else: "Verdict: 1 / 2 / tie", or with `tag` "Verdict [TAG]: 1 / 2 / tie". A reply
+    that is only "1", "2", "Answer 2" or "tie" is accepted too. Mentions of the answers elsewhere ("Answer 1 is
+    better than Answer 2", a verdict quoted from an output) never decide; anything else is unparsable (verdict
+    None, error says why)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return None, "empty reply"
+    last = _verdict_line(tag).match(lines[-1].strip())
+    if last:
+        return _WORDS.get(last.group(1).lower(), TIE), ""
     bare = _BARE.match(text.strip())
     if bare:
-        word = bare.group(1).lower()
-        return _WORDS.get(word, TIE), ""
-    if not text.strip():
-        return None, "empty reply"
-    return None, "no 'Verdict: 1', 'Verdict: 2' or 'Verdict: tie' line in the reply"
+        return _WORDS.get(bare.group(1).lower(), TIE), ""
+    return None, NO_VERDICT
+
+
+RETRY_SEPARATOR = "\n\n[asked again]\n"
 
 
 class LLMJudge(Judge):
     def __init__(self, config: JudgeConfig, prompt: PromptTemplate, backend: Any, *, seed: int = 0,
-                 name: str = "llm"):  # fmt: skip
+                 name: str = "llm", retry: PromptTemplate | None = None):  # fmt: skip
         self.config, self.prompt, self.backend, self.seed, self.name = config, prompt, backend, seed, name
+        self.retry = retry
+
+    def tag(self, task: PairTask) -> str | None:
+        """The code this task's verdict must carry; None for a prompt without a `{{tag}}` slot."""
+        return (task.tag or verdict_tag(task.judgment_id, self.seed)) if "tag" in self.prompt.slots else None
 
     def messages(self, task: PairTask) -> list[dict[str, str]]:
         first, second = task.shown
         cut = self.config.max_output_chars
+        values = {"tag": self.tag(task)} if "tag" in self.prompt.slots else {}
         return self.prompt.messages(document=truncate_text(task.document, self.config.max_document_chars),
                                     query=task.query, output_1=truncate_text(first, cut),
-                                    output_2=truncate_text(second, cut))  # fmt: skip
+                                    output_2=truncate_text(second, cut), **values)  # fmt: skip
+
+    def _ask_again(self, task: PairTask, history: list[dict[str, str]], reply: str) -> list[dict[str, str]]:
+        if self.retry is None:
+            return history
+        values = {"tag": self.tag(task)} if "tag" in self.retry.slots else {}
+        return [*history, {"role": "assistant", "content": reply}, *self.retry.messages(**values)]
 
     def judge(self, tasks: list[PairTask], on_verdict: OnVerdict) -> None:
         from spanpref.backends import GenerationConfig
 
-        gen = GenerationConfig(temperature=self.config.temperature, top_p=1.0,
-                               max_new_tokens=self.config.max_new_tokens, seed=self.seed)  # fmt: skip
+        history = {i: self.messages(t) for i, t in enumerate(tasks)}
+        replies: dict[int, list[str]] = {i: [] for i in history}
+        pending = list(history)
+        attempts = max(1, self.config.max_attempts)
+        for attempt in range(attempts):
+            again: list[int] = []
+            # a new seed per attempt: at temperature 0 it changes nothing, above it a resend is a new sample
+            gen = GenerationConfig(temperature=self.config.temperature, top_p=1.0,
+                                   max_new_tokens=self.config.max_new_tokens, seed=self.seed + attempt)  # fmt: skip
 
-        def on_result(index: int, completions: list[Any]) -> None:
-            text = completions[0].text
-            verdict, error = parse_llm_verdict(text)
-            on_verdict(index, Verdict(verdict, text, error))
+            def on_result(k: int, completions: list[Any], batch: list[int] = pending, again: list[int] = again,
+                          last: bool = attempt == attempts - 1) -> None:  # fmt: skip
+                i = batch[k]
+                text = completions[0].text
+                replies[i].append(text)
+                verdict, error = parse_llm_verdict(text, self.tag(tasks[i]))
+                if verdict is None and not last:
+                    again.append(i)
+                    return
+                on_verdict(i, Verdict(verdict, RETRY_SEPARATOR.join(replies[i]), error))
 
-        self.backend.generate([self.messages(t) for t in tasks], gen, on_result=on_result)
+            self.backend.generate([history[i] for i in pending], gen, on_result=on_result)
+            if not again:
+                break
+            logger.info("judge %s: %d repl(ies) without a verdict line; asking again", self.name, len(again))
+            for i in again:
+                history[i] = self._ask_again(tasks[i], history[i], replies[i][-1])
+            pending = sorted(again)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,31 +290,30 @@ class AlpacaEvalJudge(Judge):
     each task is matched back by its inputs, and a task without a preference is recorded as unparsable."""
 
     def __init__(self, config: JudgeConfig, folder: Path, *, base_url: str | None = None, model: str | None = None,
-                 api_key: str | None = None, name: str = "alpaca_eval"):  # fmt: skip
-        self.config, self.name = config, name
+                 api_key: str | None = None, name: str = "alpaca_eval", seed: int = 0):  # fmt: skip
+        self.config, self.name, self.seed = config, name, seed
         self._replies: list[str] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="spanpref-alpaca-eval-")
+        self._local: dict[str, Any] | None = None
+        self._template = ""
         tmp = Path(self._tmp.name)
         if base_url:
             client = tmp / "client_configs.yaml"
             client.write_text(yaml.safe_dump({"default": [{"api_key": api_key or os.environ.get("OPENAI_API_KEY")
                                                            or "none", "base_url": base_url}]}))  # fmt: skip
-            annotator = {
-                "prompt_template": str((folder / config.prompt).resolve()),
+            self._template = (folder / config.prompt).read_text(encoding="utf-8")
+            self._local = {
                 "fn_completions": "openai_completions",
                 "completions_kwargs": {"model_name": model or "default", "max_tokens": config.max_new_tokens,
                                        "temperature": config.temperature, "client_config_path": str(client),
                                        "requires_chatml": True, "num_procs": 1, "price_per_token": 0},
                 "fn_completion_parser": "regex_parser",
-                "completion_parser_kwargs": {"outputs_to_match": {1: r"(?i)output\s*\(?a\)?", 2: r"(?i)output\s*\(?b\)?"}},
                 "batch_size": 1,
                 # the order is already randomised (seeded, per judgment) by us; a second shuffle would make the
                 # raw reply's "Output (a)" mean a different output than the one we showed first
                 "is_randomize_output_order": False,
             }  # fmt: skip
-            (tmp / "spanpref_local").mkdir()
-            (tmp / "spanpref_local" / "configs.yaml").write_text(yaml.safe_dump({"spanpref_local": annotator}))
-            self.annotators_config = str(tmp / "spanpref_local" / "configs.yaml")
+            self.annotators_config = self._local_config("")
         else:
             if not (api_key or os.environ.get("OPENAI_API_KEY")):
                 raise JudgeError("the alpaca_eval judge needs either OPENAI_API_KEY set (to use AlpacaEval's "
@@ -264,12 +321,33 @@ class AlpacaEvalJudge(Judge):
                                  "OpenAI-compatible server (llama.cpp, vLLM, TGI) for our own annotator configuration")  # fmt: skip
             self.annotators_config = config.annotators_config
 
-    def _annotator(self) -> Any:
+    def _local_config(self, tag: str) -> str:
+        """Our annotator configuration for one verdict code: the prompt asks for it on the reply's last line, and
+        the parser reads that line only (anchored at the end), so a mention of "output (a)" elsewhere in the reply
+        ("the output about ...", "Output (a) is better than Output (b)") or a verdict quoted from an output
+        never decides."""
+        assert self._local is not None
+        tmp = Path(self._tmp.name) / f"spanpref_local_{tag or 'untagged'}"
+        tmp.mkdir(exist_ok=True)
+        prompt = tmp / "prompt.txt"
+        prompt.write_text(self._template.replace("{{tag}}", tag), encoding="utf-8")
+        code = rf"\s*\[{re.escape(tag)}\]" if tag else r"(?:\s*\[\w+\])?"
+        # the reply's last line, or a reply that is nothing but "Output (a)"
+        line = (rf"(?im)^[^\S\n]*\W*verdict{code}\W{{0,6}}output\s*\(?%s\)?[^\w\n]*\s*\Z"
+                r"|\A\W*output\s*\(?%s\)?\W*\Z")  # fmt: skip
+        annotator = {**self._local, "prompt_template": str(prompt),
+                     "completion_parser_kwargs": {"outputs_to_match": {1: line % ("a", "a"), 2: line % ("b", "b")}}}  # fmt: skip
+        (tmp / "configs.yaml").write_text(yaml.safe_dump({tmp.name: annotator}))
+        return str(tmp / "configs.yaml")
+
+    def _annotator(self, tag: str = "") -> Any:
         try:
             from alpaca_eval.annotators import PairwiseAnnotator
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise JudgeError(f"the alpaca_eval judge needs the eval extra (pip install 'spanpref[eval]'): {e}") from e
-        annotator = PairwiseAnnotator(annotators_config=self.annotators_config, caching_path=None,
+        config = self._local_config(tag) if self._local is not None and "{{tag}}" in self._template else (
+            self.annotators_config)  # fmt: skip
+        annotator = PairwiseAnnotator(annotators_config=config, caching_path=None,
                                       is_avoid_reannotations=False)  # fmt: skip
         # AlpacaEval drops a row whose reply it cannot parse, raw reply included; record every reply on the way
         # out of its completion function so that an unparsable verdict keeps its raw output.
@@ -298,8 +376,11 @@ class AlpacaEvalJudge(Judge):
             rows.append({"instruction": self.instruction(t), "output_1": truncate_text(first, cut),
                          "output_2": truncate_text(second, cut)})  # fmt: skip
         # one call per task, so that a parse failure cannot hide which raw output it came from
+        tagged = self._local is not None and "{{tag}}" in self._template
         for i, row in enumerate(rows):
             self._replies = []
+            if tagged:  # a verdict code per judgment, so one annotator configuration each
+                annotator = self._annotator(tasks[i].tag or verdict_tag(tasks[i].judgment_id, self.seed))
             annotated = annotator.annotate_pairs([row])
             result = annotated[0] if annotated else {}
             raw = "\n".join(self._replies)
@@ -329,8 +410,11 @@ def build_judge(name_or_dir: str | Path, *, backend: Any = None, base_url: str |
         if backend is None:
             raise ValueError("the llm judge needs a generation backend")
         prompt = parse_prompt((folder / config.prompt).read_text(encoding="utf-8"), f"judges/{folder.name}")
-        return LLMJudge(config, prompt, backend, seed=seed, name=name)
-    return AlpacaEvalJudge(config, folder, base_url=base_url, model=model, name=name)
+        retry_file = folder / config.retry_prompt
+        retry = (parse_prompt(retry_file.read_text(encoding="utf-8"), f"judges/{folder.name}/{config.retry_prompt}")
+                 if retry_file.is_file() else None)  # fmt: skip
+        return LLMJudge(config, prompt, backend, seed=seed, name=name, retry=retry)
+    return AlpacaEvalJudge(config, folder, base_url=base_url, model=model, name=name, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,7 +455,8 @@ def build_tasks(folder: str | Path, judge_name: str, *, seed: int = 0, models: l
         for a, b in itertools.combinations(sorted(by_query[query_id]), 2):
             jid = f"{judge_name}:{query_id}:{a}:{b}"
             tasks.append(PairTask(jid, query_id, q.get("query", ""), document, references.get(query_id), a, b,
-                                  by_query[query_id][a], by_query[query_id][b], is_swapped(jid, seed)))  # fmt: skip
+                                  by_query[query_id][a], by_query[query_id][b], is_swapped(jid, seed),
+                                  verdict_tag(jid, seed)))  # fmt: skip
     return tasks
 
 
