@@ -146,10 +146,15 @@ def load_documents(
         if not dom:
             rejected.append(f"record {i}: no domain (column {domain_column!r} is missing; pass --domain)")
             continue
+        row = {"domain": str(dom), "title": str(r.get(title_column) or ""), "text": text,
+               "source": str(r.get("source") or default_source or source)}  # fmt: skip
+        bad = schema.check_values(schema.Document, row)
+        if bad:  # before hashing: a lone surrogate cannot be encoded, and the error would name no record
+            rejected.append(f"record {i}: {'; '.join(bad)}")
+            continue
         doc_id = str(r[id_column]) if id_column and r.get(id_column) is not None else (
             r.get("doc_id") or "doc-" + hashlib.sha1(text.encode()).hexdigest()[:12])  # fmt: skip
-        rows.append({"doc_id": str(doc_id), "domain": str(dom), "title": str(r.get(title_column) or ""),
-                     "text": text, "source": str(r.get("source") or default_source or source)})  # fmt: skip
+        rows.append({"doc_id": str(doc_id), **row})
     return rows, rejected
 
 

@@ -101,8 +101,10 @@ def _need(rec: Any, key: str, kind: type | tuple[type, ...], where: str = "") ->
     if not isinstance(rec, dict) or key not in rec:
         raise InvalidRecordError(f"missing {where}{key!r}")
     value = rec[key]
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true/false arrive as Python bools, which isinstance() counts as ints: an offset of `false` is no offset
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds):
+        names = "/".join(k.__name__ for k in kinds)
         raise InvalidRecordError(f"{where}{key!r} should be {names}, got {type(value).__name__}")
     return value
 
@@ -139,7 +141,8 @@ def convert_record(rec: Any, index: int, mapping: QAFeedbackMapping, taxonomy: T
     missing = _need(feedback, "missing-info", list, "feedback.")
     corrected = feedback.get("corrected-prediction")
     preference = _need(rec, "preference", list)
-    if len(preference) != len(PREFERENCE_PAIRS) or any(p not in PREFERENCE_CHOICE for p in preference):
+    if len(preference) != len(PREFERENCE_PAIRS) or any(type(p) is not int or p not in PREFERENCE_CHOICE
+                                                       for p in preference):  # fmt: skip
         raise InvalidRecordError(f"preference should be 6 values in {{0, 1, 2}}, got {preference!r}")
 
     key = f"{prefix}-{index:05d}"
@@ -239,7 +242,8 @@ def import_qa_feedback(
     extra = {}
     if report.rejected:
         report.rejects_path = str(Path(output) / "rejects" / "qa_feedback.jsonl")
-        extra["rejects/qa_feedback.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in report.rejected)
+        # ASCII escapes: a record rejected for a lone surrogate must still be writable as UTF-8
+        extra["rejects/qa_feedback.jsonl"] = "".join(json.dumps(r) + "\n" for r in report.rejected)
         for r in report.rejected:
             logger.warning("rejected record %d: %s", r["index"], r["reason"])
     meta = {"pretty_name": "qa-feedback span feedback", "license": "apache-2.0", "language": ["en"],
