@@ -100,7 +100,9 @@ FLOODS = "Why do rivers flood in spring? Answer from the passage about snow. " *
 PAIRS = [
     # a chain a0 -> a1 -> a2 (stepwise) and its full rewrite: four pairs among three states
     _pair(FLOODS, "Snow melts and rain falls on frozen ground.", "Because it is spring."),
-    _pair(FLOODS, "Snow melts and rain falls on wet, frozen ground. 🌊", "Snow melts and rain falls on frozen ground."),
+    _pair(
+        FLOODS, "Snow melts and rain falls on wet, frozen ground. 🌊", "Snow melts and rain falls on frozen ground."
+    ),
     _pair(FLOODS, "Snow melts and rain falls on wet, frozen ground. 🌊", "Because it is spring."),
     # an A/B set: three answers, two pairs
     _pair("What is a delta?", "Land at a river mouth, built of silt.", "A letter."),
@@ -159,6 +161,7 @@ def test_per_response_log_probs_equal_separate_forward_passes(tiny_models, arch,
     model.eval()
     tokenized = []
     for pair in PAIRS:
+
         def encode(messages, **kwargs):
             text = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
             return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -168,7 +171,7 @@ def test_per_response_log_probs_equal_separate_forward_passes(tiny_models, arch,
         for side in ("chosen", "rejected"):
             full = encode(pair["prompt"] + pair[side])
             assert full[: len(prompt)] == prompt
-            sides[f"{side}_ids"] = full[len(prompt):]
+            sides[f"{side}_ids"] = full[len(prompt) :]
         tokenized.append({"prompt_ids": prompt, **sides})
     groups, stats = group_pairs(tokenized, max_length=None, share_prefixes=share)
     longest = max(len(g["prompt_ids"]) + max(len(r) for r in g["response_ids"]) for g in groups)
@@ -186,7 +189,7 @@ def test_per_response_log_probs_equal_separate_forward_passes(tiny_models, arch,
                 seq = torch.tensor([g["prompt_ids"] + ids])
                 logits = model(input_ids=seq).logits[0, :-1]
                 token_logps = logits.log_softmax(-1).gather(1, seq[0, 1:, None])[:, 0]
-                want.append(token_logps[len(g["prompt_ids"]) - 1:].sum())
+                want.append(token_logps[len(g["prompt_ids"]) - 1 :].sum())
         add_fused_lm_head(model)
         got = response_logps(model, batch, attn)
     assert len(got) == len(want) == stats.responses

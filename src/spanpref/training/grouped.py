@@ -146,7 +146,9 @@ class _Node:
         self.responses: list[int] = []  # the responses whose path goes through this node
 
 
-def build_row(prompt_ids: Sequence[int], responses: Sequence[Sequence[int]], share_prefixes: bool = False) -> PackedRow:
+def build_row(
+    prompt_ids: Sequence[int], responses: Sequence[Sequence[int]], share_prefixes: bool = False
+) -> PackedRow:
     """Lay out a prompt and its responses as one sequence (see the module docstring)."""
     if not prompt_ids:
         raise ValueError("a group needs a non-empty prompt: the first response token is predicted from its last token")
