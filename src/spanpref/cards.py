@@ -376,7 +376,11 @@ def finish_model_folder(output_dir: str | os.PathLike, base_model: str, *, base_
 
 
 def _resolvable_base(saved: str | None, base_model: str, base_model_path: str | None) -> str | None:
-    if hub_id(base_model):  # where the run started from a Hub id, the adapter's base is that repo
+    from spanpref.training.tiny import TINY_MODEL_ID
+
+    # where the run started from a Hub id, the adapter's base is that repo; spanpref's test model is built
+    # locally and exists on no Hub, so its adapters keep the local folder
+    if hub_id(base_model) and base_model != TINY_MODEL_ID:
         return base_model
     for candidate in (saved, base_model_path, base_model):
         if candidate and os.path.exists(candidate):
@@ -393,7 +397,8 @@ def _write_adapter_card(folder: Path, base_model: str, base_ref: str | None, bas
             "tags": ["spanpref", "lora"]}  # fmt: skip
     if hub_id(base_model):
         meta["base_model"] = base_model
-    where = f"`{base_model}`" + ("" if hub_id(base_model) else f" (a local folder; the adapter points at `{base_ref}`)")
+    local = "" if hub_id(base_model) else f" (a local folder; the adapter points at `{base_ref}`)"
+    where = f"`{base_model}`{local}"
     text = (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# LoRA adapter\n\nThe LoRA adapter of the model one "
             f"folder up, before it was merged into the weights there. Its base model is {where}; license "
             f"{license_id}.\n\n```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
