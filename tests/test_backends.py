@@ -135,6 +135,61 @@ def test_openai_chat_completions_report_usage(llama_server):
     assert OpenAIBackend(llama_server.base_url, "my-name", progress=False).model_id == "my-name"
 
 
+def _steps_format(k: int) -> dict:
+    schema = {"type": "object", "additionalProperties": False, "required": ["steps"],
+              "properties": {"steps": {"type": "array", "minItems": k, "maxItems": k,
+                                       "items": {"type": "string", "maxLength": 12}}}}  # fmt: skip
+    return {"type": "json_schema", "json_schema": {"name": "steps", "schema": schema}}
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_openai_response_format_json_schema_is_enforced_by_the_server(llama_server):
+    backend = OpenAIBackend(llama_server.base_url, max_concurrency=2, progress=False)
+    chat = [{"role": "user", "content": "Name some colours."}]
+    config = GenerationConfig(temperature=0.7, max_new_tokens=80, seed=3)
+    # one format per request: two items for the first, three for the second
+    (two,), (three,) = backend.generate([chat, chat], config, response_format=[_steps_format(2), _steps_format(3)])
+    for completion, k in ((two, 2), (three, 3)):
+        steps = json.loads(completion.text)["steps"]
+        assert len(steps) == k and all(isinstance(x, str) and len(x) <= 12 for x in steps), completion.text
+    # the same request without the field is answered in prose: the constraint came from the server
+    ((plain,),) = backend.generate([chat], config)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(plain.text)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_openai_prefill_gives_only_the_continuation(llama_server):
+    import httpx2
+
+    chat = [
+        {"role": "user", "content": "Write one sentence about cats."},
+        {"role": "assistant", "content": "Zebras dislike"},
+    ]
+    body = {"messages": chat, "max_tokens": 12, "temperature": 0.0, "seed": 0}
+    raw = httpx2.post(llama_server.base_url + "/chat/completions", json=body, timeout=60, trust_env=False).json()
+    echoed = raw["choices"][0]["message"]["content"]
+    assert echoed.startswith("Zebras dislike")  # llama.cpp sends the prefill back in front of the continuation
+    backend = OpenAIBackend(llama_server.base_url, progress=False)
+    ((completion,),) = backend.generate([chat], GenerationConfig(temperature=0.0, max_new_tokens=12, seed=0))
+    assert completion.text == echoed[len("Zebras dislike") :] and completion.text.strip()
+
+
+@pytest.mark.slow
+def test_transformers_prefill_continues_the_assistant_message(transformers_backend):
+    chat = [
+        {"role": "user", "content": "Write one sentence about cats."},
+        {"role": "assistant", "content": "Zebras dislike"},
+    ]
+    prompt = transformers_backend.render_prompt(chat)
+    assert prompt.endswith("Zebras dislike")  # no end of turn after it: the model carries on the same message
+    ((completion,),) = transformers_backend.generate([chat], GenerationConfig(temperature=0.0, max_new_tokens=8),
+                                                     response_format=_steps_format(2))  # fmt: skip
+    assert completion.text.strip() and not completion.text.startswith("Zebras")
+
+
 @pytest.mark.slow
 @pytest.mark.server
 def test_openai_n_samples_use_successive_seeds(llama_server):

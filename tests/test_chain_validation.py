@@ -505,3 +505,31 @@ def test_single_edit_explains_any_change(text, data):
             if e > s and (e <= edit.start or s >= edit.end):
                 moved = reanchor_span(Span(1, s, e, "like"), edit)
                 assert new[moved.start : moved.end] == text[s:e]
+
+
+def test_rouge_l_is_the_lcs_f_measure_over_words():
+    from rouge_score import rouge_scorer
+
+    from spanpref.chains.validate import compute_rouge_l
+
+    hyp, ref = "The cat sat on the mat.", "the cat lay on a mat"
+    # LCS: the, cat, on, mat = 4 of 6 and 6 words: F1 = 2 * 4 / 12
+    assert compute_rouge_l(hyp, ref) == pytest.approx(2 / 3)
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    for h, r in [(hyp, ref), ("A b c d", "d c b a"), ("It came out in 2018.", "It was released on 31 August 2018.")]:
+        assert compute_rouge_l(h, r) == pytest.approx(scorer.score(r, h)["rougeL"].fmeasure)
+    assert compute_rouge_l("", "") == 1.0 and compute_rouge_l("x", "") == 0.0
+
+
+def test_summary_says_how_close_each_rewriters_a_star_is_to_the_human_one():
+    from spanpref.chains.validate import summarize_chains
+
+    rows = [
+        {"chain_id": "c1", "annotation_id": "a1", "rewriter": "local", "status": "ok", "steps": [{"text": "A B C"}]},
+        {"chain_id": "c2", "annotation_id": "a2", "rewriter": "local", "status": "ok", "steps": [{"text": "Q"}]},
+        {"chain_id": "c3", "annotation_id": "a1", "rewriter": "paper", "status": "rejected", "steps": []},
+    ]
+    stats = summarize_chains(rows, {"a1": ("A X C", "A B C")})  # a2 has no correction
+    assert stats["local"]["similarity"] == {"chains": 1, "rouge_l": 1.0, "rouge_l_a0": pytest.approx(2 / 3)}
+    assert stats["paper"]["similarity"] == {"chains": 0, "rouge_l": None, "rouge_l_a0": None}
+    assert "similarity" not in summarize_chains(rows)["local"]

@@ -1,5 +1,8 @@
 """The rewriters' parsing and splicing on hand-written model replies (valid and each kind of invalid)."""
 
+import dataclasses
+import json
+
 import pytest
 
 from spanpref import schema
@@ -9,6 +12,7 @@ from spanpref.chains.rewriters import (
     _LocalState,
     build_rewriter,
     clean_passage,
+    local_response_format,
     sentence_window,
     split_steps,
 )
@@ -183,3 +187,88 @@ def test_local_bad_replies_are_retried_then_rejected(reply, finish, code):
         assert s.rejected == (attempt == 2)
     assert s.reason.startswith(f"step 1: {code}"), s.reason
     assert s.texts == []
+
+
+# ---------------------------------------------------------------- structured output, candidates, prefill
+
+
+def test_paper_structured_reply_is_k_json_strings():
+    rw = build_rewriter("paper", structured=True)
+    assert rw.prompt.name == "rewriters/paper/prompt_structured"
+    schema_ = rw.response_format(_ctx())["json_schema"]["schema"]["properties"]["steps"]
+    assert schema_["minItems"] == schema_["maxItems"] == 2
+    reply = json.dumps({"steps": [_tagged(STEP1, {2}), "### Step 2\n" + _tagged(STEP2, set())]})
+    assert rw.parse(_ctx(), reply, "stop") == ([STEP1, STEP2], "")
+    assert rw.parse(_ctx(), json.dumps({"steps": [_tagged(STEP1, {2})]}), "stop")[1].startswith("step_count")
+    assert rw.parse(_ctx(), '{"steps": ["cut', "length")[1].startswith("format: the reply is not JSON")
+    assert rw.parse(_ctx(), '{"steps": ["cut', "length")[1].endswith("(cut off at the token limit)")
+
+
+def test_local_structured_reply_is_a_passage_or_a_delete():
+    rw = build_rewriter("local", structured=True)
+    s = _local_state()
+    w = sentence_window(s.text, s.pending[0].start, s.pending[0].end, 400)
+    rw._apply(s, *w, Completion(json.dumps({"passage": "It was released on 31 August 2018."}), 10, 12, "stop"))
+    assert s.texts == [STEP1]
+    nxt = s.pending[0]
+    w = sentence_window(s.text, nxt.start, nxt.end, 400)
+    rw._apply(s, *w, Completion('{"delete": true}', 10, 5, "stop"))
+    assert s.texts[-1] == STEP1.replace(" Ariana Grande was released on 13 June.", "") and s.pending == []
+    bad = _local_state()
+    rw._apply(bad, *sentence_window(bad.text, bad.pending[0].start, bad.pending[0].end, 400),
+              Completion('{"passage": "It was', 10, 40, "length"))  # fmt: skip
+    assert bad.reason.startswith("step 1: truncated") and bad.texts == []
+    fmt = local_response_format(24)["json_schema"]["schema"]["anyOf"][0]["properties"]["passage"]
+    assert fmt["maxLength"] == 2 * 24 + 80
+
+
+def test_local_candidates_keep_the_valid_reply_with_the_smallest_edit():
+    rw = build_rewriter("local", candidates=3)
+    s = _local_state()
+    w = sentence_window(s.text, s.pending[0].start, s.pending[0].end, 400)
+    replies = ["I rewrote the passage to be correct.", "It was first released on 31 August 2018 in Australia.",
+               "It was released on 31 August 2018."]  # fmt: skip
+    rw._apply(s, *w, [Completion(r, 10, 10, "stop") for r in replies])
+    assert s.texts == [STEP1] and s.usage.completion_tokens == 30
+    # none valid: the commonest reason is recorded
+    s = _local_state()
+    rw._apply(s, *w, [Completion(r, 10, 3, "stop") for r in ("", "It was released in 2018.", "")])
+    assert s.reason.startswith("step 1: empty") and s.texts == []
+
+
+def test_local_prefill_continues_after_the_unchanged_text_before_the_span():
+    rw = build_rewriter("local", prefill=True)
+    ctx = _ctx()
+    span = schema.Span(7, A0.index("in 2018"), A0.index("in 2018") + len("in 2018"), "dislike")
+    ctx.dislikes = [span]
+    s = _LocalState(ctx, ctx.a0, [span], list(ctx.likes))
+    w = sentence_window(s.text, span.start, span.end, 400)
+    prefix = rw.prefix_for(s.text, w[0], span)
+    assert prefix == "It was released"  # the space before the span is left to the model
+    rw._apply(s, *w, Completion(" on 31 August 2018.", 10, 6, "stop"), prefix)
+    assert s.texts == [STEP1]
+    s = _LocalState(ctx, ctx.a0, [span], list(ctx.likes))
+    rw._apply(s, *w, Completion("on 31 August 2018.", 10, 6, "stop"), prefix)  # no space: the text's one is kept
+    assert s.texts == [STEP1]
+
+
+def test_structured_and_prefill_are_exclusive_and_candidates_positive():
+    with pytest.raises(ValueError, match="cannot be combined"):
+        build_rewriter("local", structured=True, prefill=True)
+    with pytest.raises(ValueError, match="candidates"):
+        build_rewriter("local", candidates=0)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_structured_paper_replies_on_the_real_server_always_have_k_steps(llama_server):
+    from spanpref.backends import build_backend
+
+    backend = build_backend("openai", base_url=llama_server.base_url, max_concurrency=2, progress=False)
+    rw = build_rewriter("paper", structured=True, max_attempts=1, max_document_chars=200)
+    ctxs = [_ctx(), dataclasses.replace(_ctx(), chain_id="c2", dislikes=_ctx().dislikes[:1])]
+    rows = rw.rewrite(ctxs, backend, seed=1)
+    # the server's grammar leaves no room for a wrong count or broken JSON; what is left are the tag and edit checks
+    for row in rows:
+        assert not row["reject_reason"].startswith(("format", "step_count")) or "cut off" in row["reject_reason"], row
+        assert row["completion_tokens"] > 0

@@ -354,6 +354,12 @@ class ChainsArgs(BackendArgs):
     liked_spans: str = _arg("what an edit of a liked span does: reject or warn", default="reject")
     temperature: float | None = _arg("sampling temperature (default: the rewriter's config.yaml)", default=None)
     top_p: float | None = _arg("nucleus sampling mass (default: the rewriter's config.yaml)", default=None)
+    structured: bool | None = _arg("ask the model for JSON (response_format): paper k steps, local a passage or a "
+                                   "delete (default: the rewriter's config.yaml)", default=None)  # fmt: skip
+    candidates: int | None = _arg("local: replies sampled per step; the validator keeps the best valid one "
+                                  "(default: the rewriter's config.yaml)", default=None)  # fmt: skip
+    prefill: bool | None = _arg("local: start the reply with the unchanged text before the span (default: the "
+                                "rewriter's config.yaml)", default=None)  # fmt: skip
 
 
 def run_chains(args: ChainsArgs) -> None:
@@ -365,7 +371,8 @@ def run_chains(args: ChainsArgs) -> None:
     backend = args.build() if needs_backend(args.rewriter) else None
     report = build_chains(args.folder, args.rewriter, backend, validation=validation, limit=args.limit,
                           chunk_size=args.chunk_size, seed=args.seed, max_attempts=args.max_attempts,
-                          temperature=args.temperature, top_p=args.top_p)  # fmt: skip
+                          temperature=args.temperature, top_p=args.top_p, structured=args.structured,
+                          candidates=args.candidates, prefill=args.prefill)  # fmt: skip
     print(report.summary())
 
 

@@ -10,8 +10,10 @@ from spanpref.backends.base import (
     GenerationConfig,
     GenerationError,
     Messages,
+    ResponseFormat,
     ResultCallback,
     Usage,
+    is_prefill,
 )
 from spanpref.backends.openai_backend import OpenAIBackend
 
@@ -55,8 +57,10 @@ __all__ = [
     "GenerationError",
     "Messages",
     "OpenAIBackend",
+    "ResponseFormat",
     "ResultCallback",
     "TransformersBackend",
     "Usage",
     "build_backend",
+    "is_prefill",
 ]

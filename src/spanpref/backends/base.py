@@ -1,6 +1,13 @@
 """One small interface for text generation, whether in-process (transformers) or over HTTP (OpenAI-compatible).
 
 A request is a list of chat messages (`{"role": ..., "content": ...}`); each request yields `config.n` completions.
+A request whose last message is the assistant's is a prefill: the model continues that message, and a completion's
+`text` is only what it added (servers that echo the prefilled text back have it removed).
+
+`response_format` constrains the reply in the OpenAI API's form, e.g. `{"type": "json_schema", "json_schema":
+{"name": ..., "schema": {...}}}`: one for every request, or a list with one (or None) per request. HTTP servers
+receive it unchanged (llama.cpp, vLLM, TGI and OpenAI enforce it while decoding); the in-process backend does not
+constrain decoding (see `TransformersBackend`), so callers parse and check the reply either way.
 Sample `j` of every request is drawn with seed `config.seed + j` in both backends, never from a stream shared with
 other requests. In-process, results therefore do not depend on batching, and a resumed run regenerates what an
 uninterrupted run would have. A server gives that guarantee only if it computes a request the same way every time
@@ -16,6 +23,21 @@ from dataclasses import asdict, dataclass, field
 
 Messages = list[dict]
 ResultCallback = Callable[[int, list["Completion"]], None]
+ResponseFormat = dict | None
+
+
+def is_prefill(messages: Messages) -> bool:
+    """Whether a request asks the model to continue its own (final, assistant) message."""
+    return bool(messages) and messages[-1].get("role") == "assistant"
+
+
+def response_formats(response_format: ResponseFormat | list[ResponseFormat], n_requests: int) -> list[ResponseFormat]:
+    """One response format per request, from one for all or a list of them."""
+    if isinstance(response_format, list):
+        if len(response_format) != n_requests:
+            raise ValueError(f"{len(response_format)} response formats for {n_requests} requests")
+        return response_format
+    return [response_format] * n_requests
 
 
 @dataclass
@@ -123,7 +145,10 @@ class Backend(ABC):
 
     @abstractmethod
     def iter_generate(
-        self, requests: list[Messages], config: GenerationConfig
+        self,
+        requests: list[Messages],
+        config: GenerationConfig,
+        response_format: ResponseFormat | list[ResponseFormat] = None,
     ) -> Iterator[tuple[int, list[Completion]]]:
         """Yield `(index, completions)` for each request as soon as all its `config.n` samples are done.
 
@@ -135,15 +160,18 @@ class Backend(ABC):
         requests: list[Messages],
         config: GenerationConfig | None = None,
         on_result: ResultCallback | None = None,
+        response_format: ResponseFormat | list[ResponseFormat] = None,
     ) -> list[list[Completion]]:
         """Return `config.n` completions per request, in request order.
 
         `on_result(index, completions)` is called as each request finishes, so a caller can persist results
         incrementally and resume after a crash; on failure the `GenerationError` also carries them.
+        `response_format`: see the module docstring.
         """
         config = config or GenerationConfig()
         results: list[list[Completion] | None] = [None] * len(requests)
-        for index, completions in self.iter_generate(requests, config):
+        kwargs = {"response_format": response_format} if response_format is not None else {}
+        for index, completions in self.iter_generate(requests, config, **kwargs):
             results[index] = completions
             if on_result is not None:
                 on_result(index, completions)

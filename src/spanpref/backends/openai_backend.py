@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -19,7 +20,17 @@ from huggingface_hub import InferenceClient, hf_raise_for_status
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
 from tqdm.auto import tqdm
 
-from spanpref.backends.base import Backend, Completion, GenerationConfig, GenerationError, Messages, Usage
+from spanpref.backends.base import (
+    Backend,
+    Completion,
+    GenerationConfig,
+    GenerationError,
+    Messages,
+    ResponseFormat,
+    Usage,
+    is_prefill,
+    response_formats,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +66,21 @@ class LoopbackInferenceClient(InferenceClient):
         super().__init__(*args, **kwargs)
         # trust_env=False: proxy settings from the environment are meant for the outside world, not this machine.
         self._loopback_session = httpx2.Client(follow_redirects=True, trust_env=False)
+        self._request = threading.local()  # per calling thread: the response_format to send as given
+
+    def send_response_format(self, response_format: ResponseFormat) -> None:
+        """Send `response_format` exactly as given with this thread's next requests (None: stop).
+
+        huggingface_hub rewrites an OpenAI `json_schema` response format into TGI's `{"type": "json_object",
+        "value": schema}` for every base URL; llama.cpp and vLLM read neither `value` nor that type's schema, and
+        answer unconstrained. The OpenAI form is what these servers, TGI's Messages API and OpenAI accept.
+        """
+        self._request.response_format = response_format
 
     def _inner_post(self, request_parameters, *, stream: bool = False):  # overrides a private method (hub pinned)
+        wanted = getattr(self._request, "response_format", None)
+        if wanted is not None and isinstance(request_parameters.json, dict):
+            request_parameters.json["response_format"] = wanted
         if stream or not is_loopback(request_parameters.url):
             return super()._inner_post(request_parameters, stream=stream)
         try:
@@ -178,8 +202,11 @@ class OpenAIBackend(Backend):
             return None
         return ids[0] if len(ids) == 1 and isinstance(ids[0], str) and ids[0] else None
 
-    def complete(self, messages: Messages, config: GenerationConfig, seed: int) -> Completion:
+    def complete(
+        self, messages: Messages, config: GenerationConfig, seed: int, response_format: ResponseFormat = None
+    ) -> Completion:
         """One chat completion, retried with exponential backoff on timeouts, dropped connections, 429 and 5xx."""
+        self.client.send_response_format(response_format)
         for attempt in range(self.max_retries + 1):
             try:
                 response = self.client.chat_completion(
@@ -189,6 +216,7 @@ class OpenAIBackend(Backend):
                     temperature=config.temperature,
                     top_p=config.top_p,
                     seed=seed,
+                    response_format=response_format,
                 )
                 break
             except (HfHubHTTPError, InferenceTimeoutError, httpx2.TransportError) as error:
@@ -210,16 +238,26 @@ class OpenAIBackend(Backend):
                 time.sleep(delay)
         choice = response.choices[0]
         usage = response.usage
+        text = choice.message.content or ""
+        if is_prefill(messages):
+            # llama.cpp returns the prefilled text followed by the continuation; vLLM and TGI only the latter.
+            prefix = messages[-1].get("content") or ""
+            if prefix and text.startswith(prefix):
+                text = text[len(prefix) :]
         return Completion(
-            text=choice.message.content or "",
+            text=text,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             finish_reason=choice.finish_reason or "",
         )
 
     def iter_generate(
-        self, requests: list[Messages], config: GenerationConfig
+        self,
+        requests: list[Messages],
+        config: GenerationConfig,
+        response_format: ResponseFormat | list[ResponseFormat] = None,
     ) -> Iterator[tuple[int, list[Completion]]]:
+        formats = response_formats(response_format, len(requests))
         pending: dict[int, dict[int, Completion]] = {}
         completed: dict[int, list[Completion]] = {}
         failures: dict[int, BaseException] = {}
@@ -234,7 +272,8 @@ class OpenAIBackend(Backend):
             for i, j in jobs:
                 if i in failures:
                     continue
-                running[executor.submit(self.complete, requests[i], config, config.seed + j)] = (i, j)
+                future = executor.submit(self.complete, requests[i], config, config.seed + j, formats[i])
+                running[future] = (i, j)
                 return
 
         try:

@@ -1,4 +1,11 @@
-"""In-process batched generation with transformers (CPU or GPU)."""
+"""In-process batched generation with transformers (CPU or GPU).
+
+`response_format` is not enforced here: transformers has no JSON-schema constrained decoding of its own, and a
+grammar engine would be one more dependency for a backend meant for small local runs. The request is generated
+unconstrained (a warning says so once), and callers that asked for JSON parse the reply and reject what does not
+match as a format error, as they must for any server that ignores the field. Prefilled requests (a final
+assistant message) are continued with the chat template's `continue_final_message`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, PreTrainedModel
 
-from spanpref.backends.base import Backend, Completion, GenerationConfig, Messages, Usage
+from spanpref.backends.base import Backend, Completion, GenerationConfig, Messages, ResponseFormat, Usage, is_prefill
 from spanpref.models import DEFAULT_MODEL_ALIASES, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -106,6 +113,7 @@ class TransformersBackend(Backend):
             raise ValueError(f"the tokenizer of {self._model_id} has no chat template")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_token_ids = self._collect_eos_ids()
+        self._warned_format = False
 
     @property
     def model_id(self) -> str:
@@ -119,11 +127,20 @@ class TransformersBackend(Backend):
         return ids
 
     def render_prompt(self, messages: Messages) -> str:
+        if is_prefill(messages):
+            return self.tokenizer.apply_chat_template(messages, continue_final_message=True, tokenize=False)
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def iter_generate(
-        self, requests: list[Messages], config: GenerationConfig
+        self,
+        requests: list[Messages],
+        config: GenerationConfig,
+        response_format: ResponseFormat | list[ResponseFormat] = None,
     ) -> Iterator[tuple[int, list[Completion]]]:
+        formats = response_format if isinstance(response_format, list) else [response_format]
+        if any(f is not None for f in formats) and not self._warned_format:
+            logger.warning("the transformers backend does not enforce response_format; replies are parsed as given")
+            self._warned_format = True
         prompt_ids: list[list[int]] = self.tokenizer(
             [self.render_prompt(messages) for messages in requests], add_special_tokens=False
         )["input_ids"]

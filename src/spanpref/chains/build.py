@@ -44,6 +44,10 @@ class ChainReport:
                          f"{per_chain if per_chain is None else round(per_chain)}")  # fmt: skip
             for code, n in sorted(s.get("reject_reasons", {}).items(), key=lambda kv: -kv[1]):
                 lines.append(f"    rejected: {code}: {n}")
+            sim = s.get("similarity")
+            if sim and sim["chains"]:
+                lines.append(f"    similarity to the human correction (ROUGE-L F1, {sim['chains']} valid chain(s) with "
+                             f"one): a* {sim['rouge_l']:.3f}, a0 {sim['rouge_l_a0']:.3f}")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -105,7 +109,9 @@ def build_chains(
     if backend is None and rw.needs_backend:
         raise ValueError(f"the {rw.name} rewriter needs a generation backend")
     model_id = backend.model_id if backend is not None and rw.needs_backend else HUMAN_MODEL
-    contexts = load_contexts(repo, rw.name, model_id)[:limit]
+    everything = load_contexts(repo, rw.name, model_id)
+    contexts = everything[:limit]
+    references = {c.annotation_id: (c.a0, c.correction) for c in everything if c.correction and c.correction.strip()}
     existing = repo.read(schema.CHAINS) if repo.has(schema.CHAINS) else []
     journal = Journal(repo.path, f"chains-{rw.name}")
     journaled = list(journal.records())
@@ -132,5 +138,5 @@ def build_chains(
     report.built = len(new_rows)
     report.valid = sum(r["status"] == "ok" for r in new_rows)
     all_rows = existing + new_rows
-    report.stats = summarize_chains(all_rows)
+    report.stats = summarize_chains(all_rows, references)
     return report

@@ -14,9 +14,11 @@ new seed, and reject it after `max_attempts` with the recorded reason. Rewriters
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -27,7 +29,7 @@ import yaml
 from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig
 from spanpref.chains.human import build_human_chain
-from spanpref.chains.validate import ValidationConfig, check_chain, check_step, reanchor
+from spanpref.chains.validate import ValidationConfig, check_chain, check_step, reanchor, reason_code
 from spanpref.markup import MarkupError, parse_markup, render_markup
 from spanpref.prompts import PromptTemplate, load_prompt, parse_prompt, truncate_text
 
@@ -66,6 +68,17 @@ class RewriterConfig:
     max_new_tokens_per_step_factor: float = field(
         default=1.5, metadata={"help": "paper: token budget per response token per step"}
     )
+    structured: bool = field(default=False, metadata={
+        "help": "ask for JSON through the backend's response_format (paper: {'steps': [exactly k strings]}; local: "
+                "{'passage': ...} or {'delete': true}) and use structured_prompt"})  # fmt: skip
+    structured_prompt: str = field(default="prompt_structured.txt", metadata={
+        "help": "prompt file used when structured is on, relative to the rewriter folder"})  # fmt: skip
+    candidates: int = field(default=1, metadata={
+        "help": "local: replies sampled per step (seeds seed .. seed+n-1, sent concurrently); the validator keeps "
+                "the valid one with the smallest edit"})  # fmt: skip
+    prefill: bool = field(default=False, metadata={
+        "help": "local: start the model's reply with the passage's unchanged text before the span (an assistant "
+                "prefill), so it writes from the span on; not with structured"})  # fmt: skip
     attach_chars: int = field(default=12, metadata={
         "help": "human: a change outside every dislike span joins the step of a span (or of a change given to one) "
                 "at most this many characters away; farther ones get steps of their own"})  # fmt: skip
@@ -74,8 +87,8 @@ class RewriterConfig:
                 "(span_id -1); false rejects such chains (outside_change)"})  # fmt: skip
 
 
-def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, PromptTemplate | None]:
-    """A rewriter folder (config.yaml + prompt.txt): bundled by name (`paper`, `local`, `human`) or a path."""
+def rewriter_folder(name_or_dir: str | Path) -> Path:
+    """The folder of a rewriter: a path, or a bundled one by name."""
     folder = Path(name_or_dir)
     if not folder.is_dir():
         bundled = resources.files("spanpref") / "recipes" / "rewriters" / str(name_or_dir)
@@ -84,16 +97,26 @@ def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, Promp
                 f"unknown rewriter {str(name_or_dir)!r}; choose from {sorted(REWRITERS)} or give a folder"
             )
         folder = Path(str(bundled))
+    return folder
+
+
+def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, PromptTemplate | None]:
+    """A rewriter folder (config.yaml + prompt.txt): bundled by name (`paper`, `local`, `human`) or a path."""
+    folder = rewriter_folder(name_or_dir)
     data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
     known = {f.name for f in dataclasses.fields(RewriterConfig)}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"{folder / 'config.yaml'}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     cfg = RewriterConfig(**data)
-    if not cfg.prompt:
-        return cfg, None
-    prompt_path = folder / cfg.prompt
-    return cfg, parse_prompt(prompt_path.read_text(encoding="utf-8"), f"rewriters/{folder.name}")
+    return cfg, _load_prompt_file(folder, cfg.structured_prompt if cfg.structured else cfg.prompt)
+
+
+def _load_prompt_file(folder: Path, name: str) -> PromptTemplate | None:
+    if not name:
+        return None
+    stem = f"rewriters/{folder.name}" + ("" if name == "prompt.txt" else f"/{Path(name).stem}")
+    return parse_prompt((folder / name).read_text(encoding="utf-8"), stem)
 
 
 def _estimate_tokens(text: str) -> int:
@@ -133,6 +156,11 @@ class Rewriter(ABC):
                  validation: ValidationConfig | None = None):  # fmt: skip
         if prompt is None and self.needs_backend:
             raise ValueError(f"the {self.name} rewriter needs a prompt file (config key `prompt`)")
+        if config.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {config.candidates}")
+        if config.structured and config.prefill:
+            # a grammar constrains the reply from its first token, so it cannot also continue a prefilled text
+            raise ValueError("structured and prefill cannot be combined; choose one")
         self.config = config
         self.prompt = prompt
         self.validation = validation or ValidationConfig()
@@ -162,6 +190,23 @@ def split_steps(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def parse_json_steps(reply: str) -> tuple[list[str], str]:
+    """The step bodies of a structured reply `{"steps": ["...", ...]}`, or ([], reason). A body that still starts
+    with a "### Step k" header line (the unstructured format, written inside the string) loses that line."""
+    try:
+        data = json.loads(reply)
+    except json.JSONDecodeError as e:
+        return [], f"format: the reply is not JSON ({e.msg} at character {e.pos})"
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
+        return [], "format: the reply has no list of strings under 'steps'"
+    bodies = []
+    for body in steps:
+        m = _STEP_HEADER.match(body)
+        bodies.append((body[m.end() :] if m and m.start() == 0 else body).strip())
+    return bodies, ""
+
+
 class PaperRewriter(Rewriter):
     name = "paper"
 
@@ -179,19 +224,42 @@ class PaperRewriter(Rewriter):
                                         tagged_response=render_markup(ctx.a0, shown), reasons=reasons)  # fmt: skip
         return messages, ids
 
+    def response_format(self, ctx: ChainContext) -> dict[str, Any]:
+        """The JSON schema of a structured reply: exactly one string per dislike."""
+        n = len(ctx.dislikes)
+        steps = {"type": "array", "items": {"type": "string"}, "minItems": n, "maxItems": n}
+        schema_ = {
+            "type": "object",
+            "properties": {"steps": steps},
+            "required": ["steps"],
+            "additionalProperties": False,
+        }
+        return {"type": "json_schema", "json_schema": {"name": "improvement_steps", "schema": schema_}}
+
     def parse(self, ctx: ChainContext, reply: str, finish_reason: str) -> tuple[list[str], str]:
         """The step texts, or ([], reason) when the reply breaks the format."""
-        n, n_likes = len(ctx.dislikes), len(ctx.likes)
+        n = len(ctx.dislikes)
+        cut = " (cut off at the token limit)" if finish_reason == "length" else ""
+        if self.config.structured:
+            bodies, reason = parse_json_steps(reply)
+            if reason:
+                return [], reason + cut
+            if len(bodies) != n:
+                return [], f"step_count: expected {n} steps, got {len(bodies)}{cut}"
+            return self._texts(ctx, list(enumerate(bodies, start=1)))
         steps = split_steps(reply)
         if not steps:
-            return [], "format: no '### Step k' headers in the reply" + (" (cut off at the token limit)"
-                                                                         if finish_reason == "length" else "")  # fmt: skip
+            return [], "format: no '### Step k' headers in the reply" + cut
         numbers = [k for k, _ in steps]
         if numbers != list(range(1, len(steps) + 1)):
             return [], f"format: steps numbered {numbers}, expected 1..{len(steps)}"
         if len(steps) != n:
-            cut = " (cut off at the token limit)" if finish_reason == "length" else ""
             return [], f"step_count: expected {n} steps, got {len(steps)}{cut}"
+        return self._texts(ctx, steps)
+
+    def _texts(self, ctx: ChainContext, steps: list[tuple[int, str]]) -> tuple[list[str], str]:
+        """The plain texts of tagged step bodies, or ([], reason) when a step's tags are wrong."""
+        n, n_likes = len(ctx.dislikes), len(ctx.likes)
         texts = []
         for k, body in steps:
             try:
@@ -228,7 +296,8 @@ class PaperRewriter(Rewriter):
             gen = self._gen(
                 int(budget * self.config.max_new_tokens_per_step_factor) + 64, seed + attempt * SEED_STRIDE
             )
-            results = backend.generate([prompts[c.chain_id] for c in pending], gen)
+            formats = [self.response_format(c) for c in pending] if self.config.structured else None
+            results = backend.generate([prompts[c.chain_id] for c in pending], gen, response_format=formats)
             for ctx, (completion,) in zip(pending, results, strict=True):
                 usage[ctx.chain_id].add(completion)
                 texts, reason = self.parse(ctx, completion.text, completion.finish_reason)
@@ -321,6 +390,43 @@ class _LocalState:
     rejected: bool = False
 
 
+def parse_json_passage(reply: str) -> tuple[str, bool, str]:
+    """(passage, delete, reason) from a structured reply `{"passage": "..."}` or `{"delete": true}`."""
+    try:
+        data = json.loads(reply)
+    except json.JSONDecodeError as e:
+        return "", False, f"format: the reply is not JSON ({e.msg} at character {e.pos})"
+    if isinstance(data, dict) and data.get("delete") is True:
+        return "", True, ""
+    if isinstance(data, dict) and isinstance(data.get("passage"), str):
+        return data["passage"], False, ""
+    return "", False, "format: the reply has neither a 'passage' string nor 'delete': true"
+
+
+def local_response_format(passage_chars: int) -> dict[str, Any]:
+    """The JSON schema of a structured `local` reply. The passage may grow to twice the original plus a sentence:
+    the cap ends a reply that copies the answer or repeats itself before it reaches the token limit."""
+    passage = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["passage"],
+        "properties": {"passage": {"type": "string", "minLength": 1, "maxLength": 2 * passage_chars + 80}},
+    }
+    delete = {"type": "object", "additionalProperties": False, "required": ["delete"],
+              "properties": {"delete": {"const": True}}}  # fmt: skip
+    return {"type": "json_schema", "json_schema": {"name": "passage", "schema": {"anyOf": [passage, delete]}}}
+
+
+@dataclass
+class _Candidate:
+    """One reply to one step, judged: the new text if the step passed, else why not."""
+
+    new_text: str | None
+    reason: str
+    edit: Any = None  # validate.Edit of an accepted step
+    distance: int = 0
+
+
 class LocalRewriter(Rewriter):
     name = "local"
 
@@ -336,6 +442,11 @@ class LocalRewriter(Rewriter):
         )  # fmt: skip
         return messages, w_start, w_end
 
+    def prefix_for(self, text: str, w_start: int, span: schema.Span) -> str:
+        """The assistant prefill of a step: the passage's text before the span, without its trailing spaces (a
+        model's next token usually carries its own leading space)."""
+        return text[w_start : span.start].rstrip() if self.config.prefill else ""
+
     def rewrite(self, contexts: list[ChainContext], backend: Backend, seed: int = 0) -> list[dict[str, Any]]:
         states = [_LocalState(c, c.a0, list(c.dislikes), list(c.likes)) for c in contexts]
         wave = 0
@@ -343,20 +454,24 @@ class LocalRewriter(Rewriter):
             active = [s for s in states if s.pending and not s.rejected]
             if not active:
                 break
-            requests, windows = [], []
+            requests, windows, prefixes = [], [], []
             for s in active:
                 messages, w_start, w_end = self.prompt_for(s.ctx, s.text, s.pending[0])
-                requests.append(messages)
+                prefix = self.prefix_for(s.text, w_start, s.pending[0])
+                requests.append([*messages, {"role": "assistant", "content": prefix}] if prefix else messages)
                 windows.append((w_start, w_end))
+                prefixes.append(prefix)
             budget = max(_estimate_tokens(s.text[w0:w1]) for s, (w0, w1) in zip(active, windows, strict=True))
-            gen = self._gen(int(budget * self.config.max_new_tokens_factor) + 32, seed + wave * SEED_STRIDE)
-            results = backend.generate(requests, gen)
+            gen = replace(self._gen(int(budget * self.config.max_new_tokens_factor) + 32, seed + wave * SEED_STRIDE),
+                          n=self.config.candidates)  # fmt: skip
+            formats = ([local_response_format(w1 - w0) for w0, w1 in windows] if self.config.structured
+                       else None)  # fmt: skip
+            results = backend.generate(requests, gen, response_format=formats)
             wave += 1
-            for s, (w_start, w_end), (completion,) in zip(active, windows, results, strict=True):
-                s.usage.add(completion)
+            for s, (w_start, w_end), prefix, completions in zip(active, windows, prefixes, results, strict=True):
                 s.attempts += 1
                 s.total_attempts += 1
-                self._apply(s, w_start, w_end, completion)
+                self._apply(s, w_start, w_end, completions, prefix)
         rows = []
         for s in states:
             if s.rejected:
@@ -371,39 +486,81 @@ class LocalRewriter(Rewriter):
                                   attempts=s.total_attempts, usage=s.usage))  # fmt: skip
         return rows
 
-    def _apply(self, s: _LocalState, w_start: int, w_end: int, completion: Completion) -> None:
+    def _passage(self, s: _LocalState, w_start: int, w_end: int, completion: Completion,
+                 prefix: str) -> tuple[str, bool, bool, str]:  # fmt: skip
+        """(passage, delete, cut, reason) of one reply: what replaces text[w_start:w_end]."""
+        single_line = "\n" not in s.text[w_start:w_end]
+        if self.config.structured:
+            passage, delete, reason = parse_json_passage(completion.text)
+            if reason and completion.finish_reason == "length":
+                return "", False, False, "truncated: the reply hit the token limit before its JSON closed"
+            if reason:
+                return "", False, False, reason
+            passage, cut = clean_passage(passage, single_line=single_line) if not delete else ("", False)
+            return passage, delete, cut, ""
+        if not prefix:
+            passage, cut = clean_passage(completion.text, single_line=single_line)
+            return passage, passage.strip().upper().rstrip(".") == DELETE, cut, ""
+        # A prefilled reply continues the unchanged text; an empty continuation deletes the rest of the passage.
+        text = completion.text
+        lead = text[: len(text) - len(text.lstrip())]
+        body, cut = clean_passage(text, single_line=single_line) if text.strip() else ("", False)
+        gap = s.text[w_start + len(prefix) : s.pending[0].start]  # the spaces the prefill left out
+        if body and not lead and body[0].isalnum():
+            lead = gap  # the model went on without the space; the text had one there
+        elif "\n" in lead and single_line:
+            lead = " "
+        return prefix + (lead if body else "") + body, False, cut, ""
+
+    def _judge(self, s: _LocalState, w_start: int, w_end: int, completion: Completion, prefix: str) -> _Candidate:
+        passage, delete, cut, reason = self._passage(s, w_start, w_end, completion, prefix)
+        if reason:
+            return _Candidate(None, reason)
+        if not passage and not delete:
+            return _Candidate(None, "empty: the reply had no passage" + (" (only tags or quotes)"
+                                                                        if completion.text.strip() else ""))  # fmt: skip
+        if (m := _TASK_WORDS.search(passage[len(prefix) :])) and not _TASK_WORDS.search(s.text[w_start:w_end]):
+            return _Candidate(None, f"task_talk: the reply talks about the task ({m.group(0)!r}) instead of rewriting")
+        new_text = s.text[:w_start] + passage + s.text[w_end:]
+        if delete:  # the whole passage removed: keep one space between its neighbours
+            before, after = s.text[:w_start].rstrip(" "), s.text[w_end:].lstrip(" ")
+            new_text = before + (" " if before and after and not after.startswith("\n") else "") + after
+        if completion.finish_reason == "length" and not cut and not self.config.structured:
+            return _Candidate(None, "truncated: the reply hit the token limit inside the passage")
+        check = check_step(s.text, new_text, s.pending[0], s.likes, self.validation)
+        if not check.ok:
+            return _Candidate(None, check.reason)
+        return _Candidate(new_text, "", check.edit, check.edit.distance)
+
+    def _apply(self, s: _LocalState, w_start: int, w_end: int, completions: Completion | list[Completion],
+               prefix: str = "") -> None:  # fmt: skip
+        """Judge a step's replies; keep the valid one with the smallest edit (the prompt asks to change as little
+        as possible; ties: the lower seed), else record the commonest rejection and maybe give up."""
+        completions = [completions] if isinstance(completions, Completion) else completions
         step = len(s.texts) + 1
-        passage, cut = clean_passage(completion.text, single_line="\n" not in s.text[w_start:w_end])
-        delete = passage.strip().upper().rstrip(".") == DELETE
-        reason = ""
-        if not passage:
-            reason = "empty: the reply had no passage" + (" (only tags or quotes)" if completion.text.strip() else "")
-        elif (m := _TASK_WORDS.search(passage)) and not _TASK_WORDS.search(s.text[w_start:w_end]):
-            reason = f"task_talk: the reply talks about the task ({m.group(0)!r}) instead of rewriting"
-        if not reason:
-            new_text = s.text[:w_start] + passage + s.text[w_end:]
-            if delete:  # the whole passage removed: keep one space between its neighbours
-                before, after = s.text[:w_start].rstrip(" "), s.text[w_end:].lstrip(" ")
-                new_text = before + (" " if before and after and not after.startswith("\n") else "") + after
-            if completion.finish_reason == "length" and not cut:
-                reason = "truncated: the reply hit the token limit inside the passage"
-            else:
-                check = check_step(s.text, new_text, s.pending[0], s.likes, self.validation)
-                if check.ok:
-                    s.text = new_text
-                    s.texts.append(new_text)
-                    remaining = reanchor(s.pending[1:], check.edit)
-                    s.likes = [sp for sp in reanchor(s.likes, check.edit) if sp is not None]
-                    if any(sp is None for sp in remaining):
-                        # a later dislike was rewritten along with this one: it counts as addressed by this edit
-                        # only if we say so; we reject instead, so every step maps to one span.
-                        s.rejected = True
-                        s.reason = f"step {step}: overlap: the edit also removed a later dislike span"
-                        return
-                    s.pending = remaining
-                    s.attempts = 0
-                    return
-                reason = check.reason
+        judged = []
+        for completion in completions:
+            s.usage.add(completion)
+            judged.append(self._judge(s, w_start, w_end, completion, prefix))
+        valid = [c for c in judged if c.new_text is not None]
+        if valid:
+            best = min(valid, key=lambda c: c.distance)
+            remaining = reanchor(s.pending[1:], best.edit)
+            s.text = best.new_text
+            s.texts.append(best.new_text)
+            s.likes = [sp for sp in reanchor(s.likes, best.edit) if sp is not None]
+            if any(sp is None for sp in remaining):
+                # a later dislike was rewritten along with this one: it counts as addressed by this edit only if
+                # we say so; we reject instead, so every step maps to one span.
+                s.rejected = True
+                s.reason = f"step {step}: overlap: the edit also removed a later dislike span"
+                return
+            s.pending = remaining
+            s.attempts = 0
+            return
+        codes = Counter(reason_code(c.reason) for c in judged)
+        top = codes.most_common(1)[0][0]
+        reason = next(c.reason for c in judged if reason_code(c.reason) == top)
         s.reason = f"step {step}: {reason}"
         logger.debug("%s step %d attempt %d: %s", s.ctx.chain_id, step, s.attempts, reason)
         if s.attempts >= self.config.max_attempts:
@@ -449,8 +606,9 @@ def needs_backend(name_or_dir: str) -> bool:
 def build_rewriter(name_or_dir: str, validation: ValidationConfig | None = None, **overrides: Any) -> Rewriter:
     """A rewriter by name (`paper`, `local`, `human`) or from a folder whose config.yaml names no class: the folder
     name picks the class. `overrides` replace config.yaml values."""
-    cfg, prompt = load_rewriter_config(name_or_dir)
+    cfg, _ = load_rewriter_config(name_or_dir)
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    prompt = _load_prompt_file(rewriter_folder(name_or_dir), cfg.structured_prompt if cfg.structured else cfg.prompt)
     kind = Path(str(name_or_dir)).name
     if kind not in REWRITERS:
         raise ValueError(f"unknown rewriter {kind!r}; choose from {sorted(REWRITERS)}")

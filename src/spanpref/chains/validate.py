@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rapidfuzz.distance import Levenshtein, Postfix, Prefix
+from rapidfuzz.distance import Indel, Levenshtein, Postfix, Prefix
 
 from spanpref.schema import DISLIKE, Span, to_row
 
@@ -585,7 +585,22 @@ def _mean(total: float, n: int) -> float | None:
     return total / n if n else None
 
 
-def summarize_chains(rows: Iterable[Mapping[str, Any] | Any]) -> dict[str, dict[str, Any]]:
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def compute_rouge_l(hypothesis: str, reference: str) -> float:
+    """ROUGE-L F1 (Lin, 2004) over lowercased words: 2 * LCS / (len(hyp) + len(ref)), the F-measure of LCS-based
+    precision and recall with beta 1. It equals rouge-score's `rougeL` fmeasure (default tokenizer, no stemming);
+    rapidfuzz's Indel similarity computes exactly this ratio on the word lists. Two empty texts score 1."""
+    hyp, ref = _WORD.findall(hypothesis.lower()), _WORD.findall(reference.lower())
+    if not hyp and not ref:
+        return 1.0
+    return Indel.normalized_similarity(hyp, ref)
+
+
+def summarize_chains(
+    rows: Iterable[Mapping[str, Any] | Any], references: Mapping[str, tuple[str, str]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Validity and cost of chains, per rewriter: rows of the chains config (dicts or `schema.Chain`).
 
     For each rewriter: `chains` (rows), `valid` (status "ok"), `validity_rate`, `mean_steps` (steps per valid
@@ -593,6 +608,11 @@ def summarize_chains(rows: Iterable[Mapping[str, Any] | Any]) -> dict[str, dict[
     (`prompt` and `completion` summed over all rows, rejected ones included since they were paid for, and
     `completion_per_valid_chain`), and `reject_reasons` (code -> count, from `reason_code`; "unknown" for a
     rejected row without a reason). Means over nothing are None. Rewriters are in sorted order.
+
+    With `references` (annotation_id -> (a0, the human's corrected a*)), `similarity` says how close the valid
+    chains' last state comes to the human a*: `chains` (valid chains whose annotation has a correction),
+    `rouge_l` (mean `compute_rouge_l(a*, human a*)`) and `rouge_l_a0` (the same for a0, on the same chains): a
+    rewriter whose a* scores below a0 moved away from what the annotator wrote.
     """
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -623,4 +643,17 @@ def summarize_chains(rows: Iterable[Mapping[str, Any] | Any]) -> dict[str, dict[
             },
             "reject_reasons": dict(reasons.most_common()),
         }
+        if references is not None:
+            pairs = [(references[r["annotation_id"]], _last_text(r)) for r in valid
+                     if r.get("annotation_id") in references and r.get("steps")]  # fmt: skip
+            out[rewriter]["similarity"] = {
+                "chains": len(pairs),
+                "rouge_l": _mean(sum(compute_rouge_l(final, human) for (_, human), final in pairs), len(pairs)),
+                "rouge_l_a0": _mean(sum(compute_rouge_l(a0, human) for (a0, human), _ in pairs), len(pairs)),
+            }
     return out
+
+
+def _last_text(row: Mapping[str, Any]) -> str:
+    step = row["steps"][-1]
+    return step["text"] if isinstance(step, Mapping) else step.text
