@@ -351,3 +351,15 @@ def test_responses_from_another_prompt_version_are_reported(tmp_path):
     repo.write({schema.RESPONSES: responses})
     report = build_pairs(str(folder), PairConfig(constructions=["ab"]))
     assert report.prompt_mismatches == 1 and "1 response(s) were generated with another version" in report.summary()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stepwise_ds_is_drawn_per_split_so_validation_is_never_left_empty(tmp_path, seed):
+    folder = make_repo(tmp_path / "r")
+    report = build_pairs(str(folder), PairConfig(seed=seed, constructions=["full_rewrite", "stepwise", "stepwise_ds"]))
+    full = {s: len(rows) for s, rows in all_rows(folder, schema.PAIRS_FULL_REWRITE).items()}
+    ds = all_rows(folder, schema.PAIRS_STEPWISE_DS)
+    assert "validation" in full and {s: len(rows) for s, rows in ds.items()} == full
+    stepwise = {s: {r["pair_id"] for r in rows} for s, rows in all_rows(folder, schema.PAIRS_STEPWISE).items()}
+    assert all({r["pair_id"] for r in rows} <= stepwise[s] for s, rows in ds.items())  # drawn within its split
+    assert report.counts[schema.PAIRS_STEPWISE_DS] == report.counts[schema.PAIRS_FULL_REWRITE]

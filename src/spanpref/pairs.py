@@ -52,6 +52,8 @@ class PairInputs:
     comparisons: list[Row]
     chains: list[Row]  # the valid chains selected for pairs (status "ok", at least one step), in config order
     seed: int = 0
+    # query_id -> its split, where the splits are known before building (samples are then drawn per split)
+    split_of: Mapping[str, str] | None = None
 
     def a0(self, annotation_id: str) -> Row:
         """The annotated response of an annotation (its `text` is a0 of the annotation's chains)."""
@@ -164,12 +166,19 @@ def build_stepwise_ds_pairs(inputs: PairInputs) -> list[Row]:
     """
     stepwise, _ = drop_degenerate(build_stepwise_pairs(inputs))
     full, _ = drop_degenerate(build_full_rewrite_pairs(inputs))
-    n = min(len(full), len(stepwise))
     if len(stepwise) < len(full):
         logger.warning("stepwise_ds: only %d stepwise pair(s) for %d full-rewrite pair(s); keeping them all",
                        len(stepwise), len(full))  # fmt: skip
-    keep = np.sort(np.random.default_rng(inputs.seed).choice(len(stepwise), size=n, replace=False))
-    return [{**stepwise[i], "construction": "stepwise_ds"} for i in keep]
+    # Drawn split by split, to each split's number of full-rewrite pairs: one draw over all pairs can leave the
+    # small validation split with none, and then nothing evaluates on it.
+    split_of = inputs.split_of or {}
+    rng = np.random.default_rng(inputs.seed)
+    keep: list[int] = []
+    for split in sorted({split_of.get(r["query_id"], "") for r in stepwise}):
+        members = [i for i, r in enumerate(stepwise) if split_of.get(r["query_id"], "") == split]
+        n = min(len(members), sum(split_of.get(r["query_id"], "") == split for r in full))
+        keep += [members[j] for j in rng.choice(len(members), size=n, replace=False)]
+    return [{**stepwise[i], "construction": "stepwise_ds"} for i in sorted(keep)]
 
 
 def build_human_rewrite_pairs(inputs: PairInputs) -> list[Row]:
@@ -418,6 +427,14 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
     annotations = {a["annotation_id"]: a for a in read(schema.ANNOTATIONS)} if schema.RESPONSES in present else {}
     inputs = PairInputs(prompts=prompts, responses=responses, annotations=annotations, chains=selected,
                         comparisons=read(schema.COMPARISONS), seed=cfg.seed)  # fmt: skip
+    # Split the annotated queries (those with a comparison or an annotation), whatever is built now: the
+    # assignment then does not depend on the constructions chosen or on which chains exist yet, so pair configs
+    # from separate builds with the same seed agree too. Every pair's query is one of them.
+    compared = (inputs.responses.get(c[k]) for c in inputs.comparisons for k in ("response_a", "response_b"))
+    pool = [r["query_id"] for r in compared if r is not None]
+    pool += [inputs.a0(a)["query_id"] for a in inputs.annotations]
+    assignment = assign_splits(pool, cfg.splits, cfg.seed)
+    inputs.split_of = assignment
 
     built: dict[str, list[Row]] = {}
     for name in cfg.constructions:
@@ -438,14 +455,9 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
     rule = count_expected_pairs(inputs)
     report.expected = {PAIR_CONFIGS[n]: rule[n] for n in cfg.constructions if PAIR_CONFIGS[n] in report.dropped}
 
-    # Split the annotated queries (those with a comparison or an annotation), whatever is built now: the
-    # assignment then does not depend on the constructions chosen or on which chains exist yet, so pair configs
-    # from separate builds with the same seed agree too.
-    compared = (inputs.responses.get(c[k]) for c in inputs.comparisons for k in ("response_a", "response_b"))
-    pool = [r["query_id"] for r in compared if r is not None]
-    pool += [inputs.a0(a)["query_id"] for a in inputs.annotations]
-    pool += [r["query_id"] for rows in built.values() for r in rows]
-    assignment = assign_splits(pool, cfg.splits, cfg.seed)
+    stray = sorted({r["query_id"] for rows in built.values() for r in rows} - set(assignment))
+    if stray:  # a builder bug: a pair whose query is neither compared nor annotated
+        raise RuntimeError(f"pairs for queries outside the split assignment: {stray[:5]}")
     report.queries = {s: 0 for s in cfg.splits}
     report.queries.update(Counter(assignment.values()))
     out: dict[str, dict[str, list[Row]]] = {}
