@@ -255,3 +255,78 @@ def test_precomputed_reference_log_probs_are_kept_per_response_across_runs(tiny_
     # another layout of the same pairs is another key
     _trainer(tiny_models["llama"], "grouped", "apo_down", "sdpa", True, share_prefixes=True, **kwargs)
     assert len(list(Path(cache).glob("*.npz"))) == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Through the training entry point
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pairs_folder(tmp_path_factory) -> Path:
+    from test_pairs import make_repo
+
+    from spanpref.pairs import PairConfig, build_pairs
+
+    folder = make_repo(tmp_path_factory.mktemp("grouped") / "repo")
+    build_pairs(str(folder), PairConfig(splits={"train": 0.7, "validation": 0.3}))
+    return folder
+
+
+def _lengths(folder: Path, model: str) -> tuple[int, list[int]]:
+    """(prompt length, prompt + response length of every response) of the train pairs, as TRL tokenizes them."""
+    from transformers import AutoTokenizer
+
+    from spanpref.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    rows = datasets.load_dataset(str(folder), "pairs_stepwise", split="train")
+    encode = lambda m, **k: tokenizer(tokenizer.apply_chat_template(m, tokenize=False, **k), add_special_tokens=False)  # noqa: E731
+    prompts = {len(encode(r["prompt"], add_generation_prompt=True)["input_ids"]) for r in rows}
+    full = sorted({len(encode(r["prompt"] + r[s])["input_ids"]) for r in rows for s in ("chosen", "rejected")})
+    return max(prompts), full
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["grouped", "pairwise"])
+def test_pairs_that_do_not_fit_are_counted_in_results_card_and_log(pairs_folder, tmp_path, mode, caplog):
+    """A max_length between the shortest and the longest prompt + response: what cannot be trained on untruncated is
+    counted (results file, model card, log) in grouped mode; the pairwise path reports what TRL dropped."""
+    import json
+
+    from spanpref.training.run import RESULTS_FILE, parse_args, train
+
+    prompt_len, full = _lengths(pairs_folder, "spanpref/tiny-llama")
+    max_length = full[len(full) // 2] if mode == "grouped" else prompt_len
+    recipe = Path(__file__).resolve().parents[1] / "recipes/tiny/dpo/config_stepwise_sigmoid.yaml"
+    out = tmp_path / mode
+    argv = ["--config", str(recipe), "--dataset_name", str(pairs_folder), "--output_dir", str(out),
+            "--max_length", str(max_length), "--training_mode", mode, "--max_steps", "1"]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        results = train("dpo", *parse_args("dpo", argv))
+    n = len(datasets.load_dataset(str(pairs_folder), "pairs_stepwise", split="train"))
+    assert results["train_examples_in_repo"] == n
+    dropped = results["train_examples_dropped"]
+    assert 0 < dropped < n and results["train_examples"] == n - dropped
+    assert json.loads((out / RESULTS_FILE).read_text())["train_examples_dropped"] == dropped
+    card = (out / "README.md").read_text()
+    assert f"| not trained on | {dropped} of {n} examples" in card
+    assert f"{dropped} of {n} examples cannot be trained on untruncated" in caplog.text
+    if mode == "grouped":
+        assert results["grouping"]["train"]["dropped_pairs"] == dropped
+        assert "| batching | grouped:" in card
+    else:  # TRL keeps the pairs whose prompt is shorter than max_length and cuts their completions
+        truncated = results["train_examples_truncated"]
+        assert 0 < truncated <= n - dropped
+        assert f"| cut at max length | {truncated} of {n - dropped} trained examples" in card
+
+
+@pytest.mark.slow
+def test_a_split_with_nothing_that_fits_stops_with_advice(pairs_folder, tmp_path):
+    from spanpref.training.run import parse_args, train
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes/tiny/dpo/config_stepwise_sigmoid.yaml"
+    argv = ["--config", str(recipe), "--dataset_name", str(pairs_folder), "--output_dir", str(tmp_path / "x"),
+            "--max_length", "8"]  # fmt: skip
+    with pytest.raises(ValueError, match="none of the .* pairs fits max_length 8 .* raise max_length"):
+        train("dpo", *parse_args("dpo", argv))
+    with pytest.raises(SystemExit, match="no training example is left .* raise max_length"):
+        train("dpo", *parse_args("dpo", [*argv, "--training_mode", "pairwise"]))

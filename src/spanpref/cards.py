@@ -277,6 +277,7 @@ def render_model_card(*, stage: str, base_model: str, script_args: Any, training
     return load_card_template("model_card.md.j2").render(
         batching=_describe_batching(stage, training_args, results),
         dropped=results.get("train_examples_dropped", 0),
+        truncated=results.get("train_examples_truncated", 0),
         in_repo=results.get("train_examples_in_repo", results.get("train_examples", "?")),
         meta_yaml=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True),
         title=os.path.basename(os.path.normpath(training_args.output_dir)),

@@ -188,6 +188,16 @@ def _first_evaluation_callback():
     return FirstEvaluation()
 
 
+def _count_truncated(dataset, max_length: int | None) -> int:
+    """Pairs whose prompt + chosen or prompt + rejected is longer than max_length (TRL cuts them in the collator)."""
+    if dataset is None or max_length is None or not hasattr(dataset, "column_names"):
+        return 0
+    if not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names):
+        return 0
+    return sum(len(p) + max(len(c), len(r)) > max_length
+               for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True))  # fmt: skip
+
+
 def count_training_rows(trainer, train_ds, eval_ds) -> dict[str, Any]:
     """What the trainer will really train and validate on, against what the repo holds: rows TRL dropped (a prompt
     that fills max_length) or that grouping could not fit are counted and logged, never lost in silence."""
@@ -200,6 +210,11 @@ def count_training_rows(trainer, train_ds, eval_ds) -> dict[str, Any]:
             kept, extra = stats.get("pairs", 0), {f"{split}_groups": stats.get("groups", 0)}
         else:
             kept, extra = (len(used) if used is not None else 0), {}
+            truncated = _count_truncated(used, getattr(trainer.args, "max_length", None))
+            if truncated:
+                extra[f"{split}_examples_truncated"] = truncated
+                logger.warning("%s: %d of %d examples are cut at max_length %s (their completions lose the end)",
+                               split, truncated, kept, trainer.args.max_length)  # fmt: skip
         counts[f"{split}_examples"] = kept
         counts[f"{split}_examples_in_repo"] = n
         counts[f"{split}_examples_dropped"] = n - kept

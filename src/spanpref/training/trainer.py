@@ -310,7 +310,7 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
             with np.load(path) as cached:
                 values, cached_lengths = cached["values"], cached["lengths"]
             if cached_lengths.tolist() == lengths:
-                logger.info("reference log-probs of the %s groups from %s", name, path)
+                logger.info("reference log-probs of the %s dataset from %s (per response)", name, path)
                 return dataset.add_column(REF_COLUMN, _unflatten(values, lengths))
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = list(range(rank, len(dataset), world))
@@ -334,7 +334,7 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
             np.savez(tmp, values=np.asarray([v for c in column for v in c], dtype=np.float32),
                      lengths=np.asarray(lengths, dtype=np.int64))  # fmt: skip
             os.replace(tmp, path)
-            logger.info("reference log-probs of the %s groups kept in %s", name, path)
+            logger.info("reference log-probs of the %s dataset kept in %s (per response)", name, path)
         self.accelerator.wait_for_everyone()
         # float32, as stored: a run that reads the cache gets bit-identical values to the one that wrote it
         return dataset.add_column(REF_COLUMN, _unflatten(np.asarray([v for c in column for v in c], np.float32),
