@@ -200,13 +200,13 @@ class DatasetRepo:
     def has(self, config: str) -> bool:
         return config in self.config_entries()
 
-    def _read_file(self, config: str, split: str, file: Path) -> pa.Table:
+    def _read_file(self, config: str, split: str, file: Path, metadata_only: bool = False) -> Any:
         if file.suffix != ".parquet":
             raise RepoError(f"{file}: config {config!r}, split {split!r}: spanpref reads parquet data files; "
                             "convert it (e.g. `datasets.load_dataset(...).to_parquet(...)`) or list parquet files "
                             "in the card")  # fmt: skip
         try:
-            return pq.read_table(file)
+            return pq.ParquetFile(file).metadata if metadata_only else pq.read_table(file)
         except (pa.ArrowException, OSError) as e:
             raise RepoError(f"{file}: config {config!r}, split {split!r}: not a readable parquet file ({e}); "
                             "restore it or write the config again") from None  # fmt: skip
@@ -240,12 +240,7 @@ class DatasetRepo:
         for s, files in self.data_files(config).items():
             if split is not None and s != split:
                 continue
-            for f in files:
-                try:
-                    total += pq.ParquetFile(f).metadata.num_rows
-                except (pa.ArrowException, OSError) as e:
-                    raise RepoError(f"{f}: config {config!r}, split {s!r}: not a readable parquet file ({e}); "
-                                    "restore it or write the config again") from None  # fmt: skip
+            total += sum(self._read_file(config, s, f, metadata_only=True).num_rows for f in files)
         return total
 
     # -- writing -------------------------------------------------------------------------------------
