@@ -51,6 +51,9 @@ class DemoConfig:
     train_steps: int = field(default=8, metadata={"help": "optimizer steps of each training run"})
     learning_rate: float | None = field(default=None, metadata={"help": "override the recipes' learning rate"})
     max_length: int = field(default=1536, metadata={"help": "longest training sequence, in tokens"})
+    training_mode: str = field(default="grouped", metadata={
+        "help": "preference training: grouped (every pair of a prompt from one packed sequence; a step is one prompt "
+        "group) or pairwise (TRL's layout; a step is one pair)"})  # fmt: skip
     eval_prompts: int = field(default=8, metadata={"help": "test prompts to evaluate on (at most)"})
     eval_max_new_tokens: int = field(default=128, metadata={"help": "longest evaluated answer, in tokens"})
     rounds: int = field(default=1000, metadata={"help": "bootstrap rounds of the Elo intervals"})
@@ -137,11 +140,14 @@ class Demo:
                 "--per_device_eval_batch_size", "2", *(extra or [])]  # fmt: skip
         if self.cfg.learning_rate is not None:
             argv += ["--learning_rate", str(self.cfg.learning_rate)]
+        if stage == "dpo":
+            argv += ["--training_mode", self.cfg.training_mode]
         results = train(stage, *parse_args(stage, argv))
         after = results.get("after") or {}
         acc = after.get("eval_rewards/accuracies")
         metric = f", validation preference accuracy {acc:.2f}" if acc is not None else ""
-        return f"{out}: {results['train_examples']} training examples, " \
+        unit = f" in {results['train_groups']} prompt groups (a step is one group)" if "train_groups" in results else ""
+        return f"{out}: {results['train_examples']} training examples{unit}, " \
                f"{results.get('seconds_per_step', 0):.1f} s/step{metric}"  # fmt: skip
 
     def stage_sft(self) -> str:
