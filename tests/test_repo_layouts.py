@@ -319,3 +319,18 @@ def test_a_live_writers_staging_folder_is_left_alone(tmp_path):
         sleeper.wait()
     DatasetRepo(folder)
     assert not live.exists()
+
+
+def test_a_card_with_a_split_name_datasets_cannot_load_says_so(tmp_path, capsys):
+    folder = tmp_path / "r"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1]}), folder / "data" / "train-00000-of-00002.parquet")
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: documents\n  data_files:\n"
+                                      "  - split: train-00000-of\n    path: data/train-00000-of-00002.parquet\n---\n")  # fmt: skip
+    assert main(["validate", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "config 'documents' has split 'train-00000-of', a name `datasets` cannot load" in err
+    with pytest.raises(RepoError, match="split name 'train-00000-of' is not one `datasets` accepts"):
+        DatasetRepo(tmp_path / "new").write({schema.DOCUMENTS: {"train-00000-of": [
+            {"doc_id": "d", "domain": "x", "title": "", "text": "t"}]}})  # fmt: skip
+    assert not (tmp_path / "new").exists()

@@ -38,8 +38,9 @@ CONFIGS_FIELD = "configs"
 # data_files (not on file contents), so a rewritten config must change its file name or a later
 # `load_dataset` would return the old rows from the cache.
 _STAGING = re.compile(r"^\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
-_CARD_ADVICE = ("a dataset repo's README.md starts with YAML front matter (between two `---` lines) whose "
-                "`configs:` list names each config and its `data_files`, as `push_to_hub` writes it")  # fmt: skip
+_CARD_ADVICE = ("A dataset repo's README.md starts with YAML front matter between two `---` lines, whose "
+                "`configs:` list names each config and its `data_files` (as `push_to_hub` writes it).")  # fmt: skip
+_SPLIT_NAME = re.compile(r"\w+(\.\w+)*")  # the split names `datasets` accepts
 
 
 class RepoError(ValueError):
@@ -128,9 +129,9 @@ class DatasetRepo:
             where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
             raise RepoError(f"{card}: the YAML front matter does not parse ({problem}{where}); fix the YAML "
-                            f"between the two `---` lines ({_CARD_ADVICE})") from None  # fmt: skip
+                            f"between the two `---` lines at the top. {_CARD_ADVICE}") from None  # fmt: skip
         except (ValueError, TypeError) as e:
-            raise RepoError(f"{card}: the front matter is not a valid dataset card ({e}); {_CARD_ADVICE}") from None
+            raise RepoError(f"{card}: the front matter is not a valid dataset card ({e}). {_CARD_ADVICE}") from None
 
     def config_entries(self) -> dict[str, dict[str, Any]]:
         """config name -> its card entry, exactly as the card has it (data_files, data_dir, default, ...)."""
@@ -138,6 +139,14 @@ class DatasetRepo:
 
         meta = self.card_metadata()
         entries = meta.get(CONFIGS_FIELD) or []
+        for entry in entries if isinstance(entries, list) else []:
+            files = entry.get("data_files") if isinstance(entry, dict) else None
+            for item in files if isinstance(files, list) else []:
+                split = item.get("split") if isinstance(item, dict) else None
+                if isinstance(split, str) and not _SPLIT_NAME.fullmatch(split):
+                    raise RepoError(f"{self.path / CARD}: config {entry.get('config_name')!r} has split {split!r}, "
+                                    "a name `datasets` cannot load (letters, digits, underscores and dots only; no "
+                                    "dashes): rename the split in `configs:`")  # fmt: skip
         try:  # datasets' own checks: config_name present, data_files shape, split names
             MetadataConfigs.from_dataset_card_data(meta)
         except ValueError as e:
@@ -267,7 +276,7 @@ class DatasetRepo:
             if not splits:
                 raise RepoError(f"{name}: no rows to write (a config needs at least one row to be loadable)")
             for split in splits:
-                if not re.fullmatch(r"\w+(\.\w+)*", split):
+                if not _SPLIT_NAME.fullmatch(split):
                     raise RepoError(f"{name}: split name {split!r} is not one `datasets` accepts (letters, digits, "
                                     "underscores, dots)")  # fmt: skip
         for name in new:
@@ -319,7 +328,7 @@ class DatasetRepo:
             found = ", ".join(sorted({p.parent.relative_to(self.path).as_posix() for p in self._data_files_on_disk()}))
             reason = "has no README.md" if not self.exists() else "has a README.md without a `configs:` list"
             raise RepoError(f"{self.path} {reason} but holds data files ({found}); writing would leave them out "
-                            f"of the card. Add the card first ({_CARD_ADVICE}), then run this again")  # fmt: skip
+                            f"of the card. {_CARD_ADVICE} Add the card first, then run this again.")  # fmt: skip
         for name, entry in entries.items():
             self._resolve(name, entry)  # every entry must resolve: a write must not carry a broken card forward
         return entries
@@ -480,7 +489,7 @@ def open_repo(path: str | os.PathLike, *, must_exist: bool = True) -> DatasetRep
             raise RepoError(f"{path} is not a dataset repo (no {CARD} with a `configs:` list); "
                             "create one with `spanpref import ...`")  # fmt: skip
         if not repo.config_entries():  # a card that does not parse raises here, naming the line
-            raise RepoError(f"{repo.path / CARD} lists no configs: {_CARD_ADVICE}. Add the list (e.g. "
+            raise RepoError(f"{repo.path / CARD} lists no configs. {_CARD_ADVICE} Add the list (e.g. "
                             "`configs: [{config_name: documents, data_files: data/documents/*.parquet}]`), or "
                             "create the repo with `spanpref import ...`")  # fmt: skip
     return repo
