@@ -64,6 +64,10 @@ class JudgeConfig:
         "help": "alpaca_eval: AlpacaEval's annotator configuration used with OpenAI's API (no --base-url)"})  # fmt: skip
     max_attempts: int = field(default=2, metadata={
         "help": "llm: tries per pair; a reply whose last line is not a verdict is asked again (the retry prompt)"})  # fmt: skip
+    structured_output: bool = field(default=False, metadata={
+        "help": "llm: ask for a JSON reply {reasoning, code, verdict} through the backend's response_format (an "
+                "HTTP server enforces the schema while decoding; the in-process backend does not) and accept only "
+                "a reply that is exactly such an object, with this comparison's code"})  # fmt: skip
     retry_prompt: str = field(default="retry.txt", metadata={
         "help": "llm: the follow-up sent after a reply without a verdict line, relative to the judge folder "
                 "(if the file is missing, the request is simply sent again)"})  # fmt: skip
@@ -222,6 +226,37 @@ def parse_llm_verdict(text: str, tag: str | None = None) -> tuple[str | None, st
     return None, NO_VERDICT
 
 
+NOT_JSON = 'the reply is not one JSON object with a `verdict` of "1", "2" or "tie"'
+WRONG_CODE = "the reply's `code` is not this comparison's"
+_JSON_WORDS = {"1": FIRST, "2": SECOND, "tie": TIE}
+
+
+def verdict_schema() -> dict[str, Any]:
+    """The response format of a structured llm judge: short reasoning, the comparison's code, then the verdict."""
+    schema_ = {"type": "object", "additionalProperties": False, "required": ["reasoning", "code", "verdict"],
+               "properties": {"reasoning": {"type": "string", "maxLength": 600}, "code": {"type": "string"},
+                              "verdict": {"type": "string", "enum": ["1", "2", "tie"]}}}  # fmt: skip
+    return {"type": "json_schema", "json_schema": {"name": "pairwise_verdict", "schema": schema_, "strict": True}}
+
+
+def parse_json_verdict(text: str, tag: str | None = None) -> tuple[str | None, str]:
+    """(verdict, error) from a structured reply: the whole reply must be one JSON object whose `verdict` is "1",
+    "2" or "tie" and, with `tag`, whose `code` is that tag. A JSON verdict quoted from a judged output carries no
+    code, or the wrong one."""
+    if not text.strip():
+        return None, "empty reply"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None, NOT_JSON
+    verdict = data.get("verdict") if isinstance(data, dict) else None
+    if not isinstance(verdict, str | int) or isinstance(verdict, bool) or str(verdict).lower() not in _JSON_WORDS:
+        return None, NOT_JSON
+    if tag and data.get("code") != tag:
+        return None, WRONG_CODE
+    return _JSON_WORDS[str(verdict).lower()], ""
+
+
 RETRY_SEPARATOR = "\n\n[asked again]\n"
 
 
@@ -242,6 +277,9 @@ class LLMJudge(Judge):
         return self.prompt.messages(document=truncate_text(task.document, self.config.max_document_chars),
                                     query=task.query, output_1=truncate_text(first, cut),
                                     output_2=truncate_text(second, cut), **values)  # fmt: skip
+
+    def parse(self, text: str, tag: str | None) -> tuple[str | None, str]:
+        return (parse_json_verdict if self.config.structured_output else parse_llm_verdict)(text, tag)
 
     def _ask_again(self, task: PairTask, history: list[dict[str, str]], reply: str) -> list[dict[str, str]]:
         if self.retry is None:
@@ -267,13 +305,14 @@ class LLMJudge(Judge):
                 i = batch[k]
                 text = completions[0].text
                 replies[i].append(text)
-                verdict, error = parse_llm_verdict(text, self.tag(tasks[i]))
+                verdict, error = self.parse(text, self.tag(tasks[i]))
                 if verdict is None and not last:
                     again.append(i)
                     return
                 on_verdict(i, Verdict(verdict, RETRY_SEPARATOR.join(replies[i]), error))
 
-            self.backend.generate([history[i] for i in pending], gen, on_result=on_result)
+            kwargs = {"response_format": verdict_schema()} if self.config.structured_output else {}
+            self.backend.generate([history[i] for i in pending], gen, on_result=on_result, **kwargs)
             if not again:
                 break
             logger.info("judge %s: %d repl(ies) without a verdict line; asking again", self.name, len(again))
