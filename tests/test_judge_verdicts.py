@@ -297,9 +297,9 @@ def test_structured_llm_judge_on_a_real_server_gets_schema_shaped_replies(tmp_pa
     """llama.cpp enforces the response format while decoding: every reply is the JSON object of the schema."""
     import shutil
 
-    from spanpref.backends import build_backend
-
     from test_judges import tiny_repo
+
+    from spanpref.backends import build_backend
 
     repo = tiny_repo(tmp_path / "r")
     folder = tmp_path / "judge"
