@@ -409,3 +409,50 @@ def test_each_annotator_sees_a_fixed_random_order_and_choices_are_stored_in_repo
         view = fixed.get_item(tok, index)["item"]
         assert view["responses"][0]["response_id"] == view["item_id"].split("~")[0]
     fixed.close()
+
+
+def test_a_dislike_spans_suggested_fix_is_saved_exported_and_restored(service, tmp_path):
+    tok = service.login("alice", "secret1")["token"]
+    item = service.get_item(tok)["item"]
+    d16, l16 = span16(EMOJI_TEXT, "capital 😀 of"), span16(EMOJI_TEXT, "Eiffel Tower")
+    saved = service.save_span(tok, item["item_id"], "q0-r1", {"start": d16[0], "end": d16[1], "polarity": "dislike",
+                              "reasons": ["dislike.factually_wrong"], "fix": "home 🏠 of"})["span"]  # fmt: skip
+    assert saved["fix"] == "home 🏠 of"
+    # a like span has nothing to fix: a fix sent with one is not kept
+    liked = service.save_span(tok, item["item_id"], "q0-r1", {"start": l16[0], "end": l16[1], "polarity": "like",
+                              "reasons": ["like.useful_fact"], "fix": "x"})["span"]  # fmt: skip
+    assert liked["fix"] == ""
+    with pytest.raises(UserError, match="suggested fix"):
+        service.save_span(tok, item["item_id"], "q0-r1", {"start": d16[0], "end": d16[1], "polarity": "dislike",
+                          "reasons": [], "fix": "x" * (service.bounds.fix + 1)})  # fmt: skip
+    # an edit that sends no fix clears it; the next puts it back
+    for fix in (None, "home 🏠 of"):
+        service.save_span(tok, item["item_id"], "q0-r1", {"span_id": saved["span_id"], "start": d16[0], "end": d16[1],
+                          "polarity": "dislike", "reasons": ["dislike.factually_wrong"], "fix": fix})  # fmt: skip
+        shown = service.get_item(tok, 0)["item"]["responses"][0]["spans"][0]["fix"]
+        assert shown == (fix or "")
+    assert [s["fix"] for s in service.get_item(tok, 0)["item"]["responses"][0]["spans"]] == ["home 🏠 of", ""]
+    service.export()
+    (row,) = [r for r in service.repo.read(schema.ANNOTATIONS) if r["response_id"] == "q0-r1"]
+    assert [(s["polarity"], s["fix"]) for s in row["spans"]] == [("dislike", "home 🏠 of"), ("like", "")]
+    fresh = AnnotationService(AnnotateConfig(folder=str(service.repo.path), db=str(tmp_path / "new.sqlite"),
+                                             overlap=1, shuffle=False, swap_ab=False))  # fmt: skip
+    tok2 = fresh.login("alice", "secret1")["token"]
+    assert fresh.get_item(tok2, 0)["item"]["responses"][0]["spans"][0]["fix"] == "home 🏠 of"
+    fresh.close()
+
+
+def test_a_database_from_before_fixes_gains_the_column(tmp_path):
+    make_repo(tmp_path / "repo")
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as con:  # the spans table as it was, with one span in it
+        con.execute('CREATE TABLE spans (annotator TEXT NOT NULL, response_id TEXT NOT NULL, span_id INTEGER NOT '
+                    'NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL, polarity TEXT NOT NULL, reasons TEXT NOT '
+                    "NULL, note TEXT NOT NULL, client_key TEXT, updated REAL NOT NULL, PRIMARY KEY (annotator, "
+                    "response_id, span_id))")  # fmt: skip
+        con.execute("INSERT INTO spans VALUES ('alice', 'q0-r1', 1, 0, 5, 'dislike', '[]', '', NULL, 0)")
+    svc = AnnotationService(AnnotateConfig(folder=str(tmp_path / "repo"), db=str(db), overlap=1, shuffle=False,
+                                           swap_ab=False))  # fmt: skip
+    (span,) = svc.export_rows()[0][0].spans
+    assert (span.start, span.end, span.fix) == (0, 5, "")
+    svc.close()

@@ -195,3 +195,52 @@ def test_the_reason_popup_never_covers_the_selection(tmp_path):
             page.keyboard.press("Escape")
             page.wait_for_selector(".sp-popup.sp-hidden", state="attached")
     service.close()
+
+
+def test_a_suggested_fix_is_typed_with_the_keyboard_saved_exported_and_made_a_chain(tmp_path):
+    from spanpref import schema
+    from spanpref.chains.build import build_chains
+    from spanpref.repo import DatasetRepo
+
+    repo = make_repo(tmp_path / "repo", n_queries=1)
+    service = AnnotationService(AnnotateConfig(folder=str(repo.path), overlap=1, shuffle=False, swap_ab=False))
+    demo = build_app(service.config, service)
+    fix = "home 🏠 of"
+    with served(demo) as url, chromium() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(TIMEOUT)
+        log_in(page, url, "dana", "dana-pw")
+        select(page, 0, EMOJI_TEXT, "capital 😀 of")
+        page.keyboard.press("Space")  # the popup opens with focus on the first reason: tick it
+        for _ in range(80):  # Tab through the popup to the fix box: reachable without the mouse
+            if page.evaluate("document.activeElement && document.activeElement.name") == "fix":
+                break
+            page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.name") == "fix"
+        page.keyboard.type(fix)
+        page.keyboard.press("Control+Enter")  # Enter alone is a new line in a text box
+        wait_status(page, "Saved ✓ (span #1)")
+        assert "→ “home 🏠 of”" in spans_shown(page, 0)[0]
+        # a like span has no fix box
+        page.keyboard.press("l")
+        select(page, 0, EMOJI_TEXT, "Eiffel Tower")
+        assert page.locator(".sp-popup textarea[name=fix]").count() == 0
+        page.keyboard.press("Escape")
+
+        page.reload()  # saved like the rest: the fix comes back into its box
+        wait_item(page, "q0-r1~q0-r2")
+        page.locator(".sp-col[data-k='0'] .sp-spans li").first.click()
+        page.wait_for_selector(".sp-popup:not(.sp-hidden)")
+        assert page.input_value(".sp-popup textarea[name=fix]") == fix
+
+    service.export()
+    (row,) = [r for r in datasets.load_dataset(str(repo.path), "annotations")["train"] if r["annotator"] == "dana"]
+    (span,) = row["spans"]
+    start = EMOJI_TEXT.index("capital 😀 of")
+    assert (span["start"], span["end"], span["fix"]) == (start, start + len("capital 😀 of"), fix)
+    # the human rewriter makes the chain from it: one step, ending at the response with the fix in place
+    build_chains(str(repo.path), "human", None, progress=False)
+    (chain,) = DatasetRepo(repo.path).read(schema.CHAINS)
+    assert chain["status"] == "ok", chain["reject_reason"]
+    assert [s["text"] for s in chain["steps"]] == [EMOJI_TEXT.replace("capital 😀 of", fix)]
+    service.close()

@@ -180,3 +180,45 @@ def test_the_human_recipe_parses(outside_steps):
     rw = build_rewriter("human", outside_steps=outside_steps)
     assert rw.prompt is None and rw.config.attach_chars == 12 and rw.config.outside_steps is outside_steps
     assert not needs_backend("human") and needs_backend("local")
+
+
+def test_fixes_typed_per_span_make_the_correction_and_win_over_a_corrected_answer():
+    from spanpref.chains.human import apply_fix, correction_from_fixes
+
+    a0 = "Bloom is an album. It came out in 2017. Ariana sang on it. Critics liked it."
+    d1, d2 = _span(1, a0, "2017"), _span(2, a0, "Ariana sang on it.")
+    d1.fix, d2.fix = "2018", "DELETE"
+    assert apply_fix(a0, d2.start, d2.end, "DELETE") == "Bloom is an album. It came out in 2017. Critics liked it."
+    corrected, problem = correction_from_fixes(a0, [d1, d2])
+    assert problem == "" and corrected == "Bloom is an album. It came out in 2018. Critics liked it."
+    chain = build_human_chain(a0, "a corrected answer the fixes take precedence over", [d1, d2], [])
+    assert chain.ok and chain.texts == ["Bloom is an album. It came out in 2018. Ariana sang on it. Critics liked it.",
+                                        corrected]  # fmt: skip
+    # a span without a fix is left as it is when others have one
+    d2.fix = ""
+    only = build_human_chain(a0, None, [d1, d2], [])
+    assert only.ok and only.untouched == [2] and only.texts == [a0.replace("2017", "2018")]
+    # two fixed spans that overlap cannot both hold
+    d3 = _span(3, a0, "in 2017. Ariana")
+    d3.fix = "in 2018; Ariana"
+    assert reason_code(build_human_chain(a0, None, [d1, d3], []).reason) == "fix_overlap"
+
+
+def test_mixed_takes_the_fix_where_there_is_one_and_the_model_elsewhere():
+    from spanpref.backends import Completion
+    from spanpref.chains.rewriters import ChainContext, _LocalState, build_rewriter, sentence_window
+
+    a0 = "Bloom is an album. It came out in 2017. Ariana sang on it."
+    d1, d2 = _span(1, a0, "It came out in 2017."), _span(2, a0, "Ariana sang on it.")
+    d1.fix = "It came out in 2018."
+    ctx = ChainContext(chain_id="c", annotation_id="a", query="q", document="doc", a0=a0, dislikes=[d1, d2], likes=[],
+                       reason_labels={})  # fmt: skip
+    rw = build_rewriter("mixed")
+    assert rw.name == "mixed" and rw.uses_fixes
+    s = _LocalState(ctx, a0, [d1, d2], [])
+    rw._apply_fix(s)
+    assert s.texts == ["Bloom is an album. It came out in 2018. Ariana sang on it."] and s.fixed == 1
+    nxt = s.pending[0]  # span 2, re-anchored, has no fix: the model's reply decides
+    assert s.text[nxt.start : nxt.end] == "Ariana sang on it." and not nxt.fix
+    rw._apply(s, *sentence_window(s.text, nxt.start, nxt.end, 400), Completion("DELETE", 10, 2, "stop"))
+    assert s.texts[-1] == "Bloom is an album. It came out in 2018." and s.pending == []

@@ -93,6 +93,7 @@ class Span:
     polarity: str  # "like" | "dislike"
     reasons: list[str] = field(default_factory=list)
     note: str = ""
+    fix: str = ""  # the annotator's suggested replacement for a dislike span's text ("": none given)
 
 
 @dataclass

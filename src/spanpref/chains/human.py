@@ -19,6 +19,9 @@ Which span a region belongs to:
   `outside_steps: false` they are not chains of their own: the chain is rejected (`outside_change`), because a
   chain ending short of the correction would not be the human's a*.
 
+The correction may also come from fixes typed per span in the annotation Space (`Span.fix`, DELETE to remove
+the span's text): a0 with every fix applied is then the correction, and the same alignment makes the steps.
+
 A dislike span no region belongs to is one the correction leaves as it is: the chain records it in
 `untouched_spans`. A span whose text lay wholly inside a change given to another span has no step of its own
 and is not untouched: it was fixed with that span. An annotation whose correction touches no dislike span has no
@@ -49,6 +52,33 @@ from spanpref.schema import DISLIKE, Span
 
 OUTSIDE_SPAN = -1  # span_id of a step that applies changes made outside every dislike span
 Region = tuple[int, int, int, int]  # (a0 start, a0 end, a* start, a* end), as in spanpref.chains.validate
+
+
+DELETE_FIX = "DELETE"  # a suggested fix that removes the span's text (as the local rewriter's DELETE reply)
+
+
+def apply_fix(text: str, start: int, end: int, fix: str) -> str:
+    """`text` with [start, end) replaced by a suggested fix; DELETE removes it and the space it leaves doubled."""
+    if fix.strip() != DELETE_FIX:
+        return text[:start] + fix + text[end:]
+    before, after = text[:start].rstrip(" "), text[end:].lstrip(" ")
+    joiner = " " if before and after and not after.startswith(("\n", ".", ",", ";", ":", "!", "?")) else ""
+    return before + joiner + after
+
+
+def correction_from_fixes(a0: str, dislikes: list[Span]) -> tuple[str | None, str]:
+    """The corrected response the annotators' per-span fixes spell out (None when no span has one), or a reason
+    when fixes cannot all hold: two fixed spans that overlap would each rewrite the other's text."""
+    fixed = sorted((s for s in dislikes if s.fix.strip()), key=lambda s: (s.start, s.end, s.span_id))
+    if not fixed:
+        return None, ""
+    for prev, nxt in zip(fixed, fixed[1:], strict=False):
+        if nxt.start < prev.end:
+            return None, f"fix_overlap: spans {prev.span_id} and {nxt.span_id} both have a fix and overlap"
+    text = a0
+    for s in reversed(fixed):  # right to left, so earlier offsets stay put
+        text = apply_fix(text, s.start, s.end, s.fix)
+    return text, ""
 
 
 def human_validation(cfg: ValidationConfig | None = None) -> ValidationConfig:
@@ -175,10 +205,11 @@ def _slide(regions: list[Region], a0: str, corrected: str, spans: list[Span]) ->
 
 def _split_at_spans(regions: list[Region], spans: list[Span]) -> list[Region]:
     """Cut a region that runs over several disjoint dislike spans between them, so each span gets the part of
-    the change over its own text (a deletion of two adjacent sentences is two steps). The text between two spans
-    goes with the later one, unless the region starts before its first span: then with the earlier one, so that
-    a deletion of " A. B." leaves "x. B." and not "x.B." after its first step. The new text of a replacement
-    stays with the first part; the later parts are deletions."""
+    the change over its own text (a deletion of two adjacent sentences is two steps). The new text of a
+    replacement stays with the first part, which ends where the first span ends; the later parts are deletions
+    ("2017. Ariana sang." -> "2018" is "2017" -> "2018", then ". Ariana sang." deleted, not "2018Ariana sang.").
+    A deletion's text between two spans goes with the later one, unless the deletion starts before its first
+    span: then with the earlier one, so that deleting " A. B." leaves "x. B." and not "x.B." after one step."""
     out: list[Region] = []
     for a, b, c, d in regions:
         cuts: list[int] = []
@@ -187,7 +218,7 @@ def _split_at_spans(regions: list[Region], spans: list[Span]) -> list[Region]:
             if s.start < b and s.end > a:
                 if reach is not None and a < s.start and s.start >= reach:
                     first_start = next(x.start for x in spans if x.start < b and x.end > a)
-                    cuts.append(reach if a < first_start else s.start)
+                    cuts.append(reach if a < first_start or d > c else s.start)
                 reach = s.end if reach is None else max(reach, s.end)
         if not cuts:
             out.append((a, b, c, d))
@@ -279,8 +310,15 @@ def build_human_chain(a0: str, corrected: str | None, dislikes: list[Span], like
                       attach_chars: int = 12, outside_steps: bool = True,
                       cfg: ValidationConfig | None = None) -> HumanChain:  # fmt: skip
     """The chain a0 -> ... -> corrected, one step per dislike span the correction changes (plus, with
-    `outside_steps`, one per group of changes outside every span), validated with `human_validation(cfg)`."""
+    `outside_steps`, one per group of changes outside every span), validated with `human_validation(cfg)`.
+    When dislike spans carry suggested fixes (`Span.fix`), the correction is a0 with those fixes applied, and
+    `corrected` is not used."""
     cfg = human_validation(cfg)
+    from_fixes, problem = correction_from_fixes(a0, dislikes)
+    if problem:
+        return HumanChain(ok=False, reason=problem)
+    if from_fixes is not None:  # fixes typed per span say more precisely what each span should become
+        corrected = from_fixes
     if corrected is None or not corrected.strip():
         return HumanChain(ok=False, reason="no_correction: the annotation has no corrected text")
     plan = plan_steps(a0, corrected, dislikes, attach_chars=attach_chars, cfg=cfg)

@@ -28,7 +28,7 @@ import yaml
 
 from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig
-from spanpref.chains.human import build_human_chain
+from spanpref.chains.human import apply_fix, build_human_chain, human_validation
 from spanpref.chains.validate import ValidationConfig, check_chain, check_step, reanchor, reason_code
 from spanpref.markup import MarkupError, parse_markup, render_markup
 from spanpref.prompts import PromptTemplate, load_prompt, parse_prompt, truncate_text
@@ -388,6 +388,7 @@ class _LocalState:
     usage: _Usage = field(default_factory=_Usage)
     reason: str = ""
     rejected: bool = False
+    fixed: int = 0  # steps taken from the annotator's suggested fixes (mixed)
 
 
 def parse_json_passage(reply: str) -> tuple[str, bool, str]:
@@ -429,6 +430,7 @@ class _Candidate:
 
 class LocalRewriter(Rewriter):
     name = "local"
+    uses_fixes = False  # mixed: a span with a suggested fix is fixed by it, not by the model
 
     def prompt_for(self, ctx: ChainContext, text: str, span: schema.Span) -> tuple[list[dict[str, str]], int, int]:
         w_start, w_end = sentence_window(text, span.start, span.end, self.config.max_window_chars)
@@ -451,6 +453,10 @@ class LocalRewriter(Rewriter):
         states = [_LocalState(c, c.a0, list(c.dislikes), list(c.likes)) for c in contexts]
         wave = 0
         while True:
+            if self.uses_fixes:
+                for s in states:
+                    while s.pending and not s.rejected and s.pending[0].fix.strip():
+                        self._apply_fix(s)
             active = [s for s in states if s.pending and not s.rejected]
             if not active:
                 break
@@ -478,8 +484,10 @@ class LocalRewriter(Rewriter):
                 rows.append(chain_row(s.ctx, self.name, backend.model_id, [], status="rejected", reason=s.reason,
                                       attempts=s.total_attempts, usage=s.usage))  # fmt: skip
                 continue
-            # the steps passed one by one; checking the whole chain again guards the re-anchoring itself
-            check = check_chain(s.ctx.a0, s.texts, s.ctx.dislikes, s.ctx.likes, self.validation)
+            # the steps passed one by one; checking the whole chain again guards the re-anchoring itself (a chain
+            # with human steps, whose checks leave out the broken-output ones, with the human rules)
+            validation = human_validation(self.validation) if s.fixed else self.validation
+            check = check_chain(s.ctx.a0, s.texts, s.ctx.dislikes, s.ctx.likes, validation)
             status, reason = ("ok", "") if check.ok else ("rejected", f"chain: {check.reason}")
             steps = steps_from_texts(s.ctx, s.texts, check.edits) if check.ok else []
             rows.append(chain_row(s.ctx, self.name, backend.model_id, steps, status=status, reason=reason,
@@ -511,6 +519,33 @@ class LocalRewriter(Rewriter):
         elif "\n" in lead and single_line:
             lead = " "
         return prefix + (lead if body else "") + body, False, cut, ""
+
+    def _accept(self, s: _LocalState, new_text: str, edit: Any) -> None:
+        step = len(s.texts) + 1
+        remaining = reanchor(s.pending[1:], edit)
+        s.text = new_text
+        s.texts.append(new_text)
+        s.likes = [sp for sp in reanchor(s.likes, edit) if sp is not None]
+        if any(sp is None for sp in remaining):
+            # a later dislike was rewritten along with this one: it counts as addressed by this edit only if we
+            # say so; we reject instead, so every step maps to one span.
+            s.rejected = True
+            s.reason = f"step {step}: overlap: the edit also removed a later dislike span"
+            return
+        s.pending = remaining
+        s.attempts = 0
+
+    def _apply_fix(self, s: _LocalState) -> None:
+        """The step of a span that has the annotator's suggested fix: that fix, checked as a human step."""
+        span = s.pending[0]
+        new_text = apply_fix(s.text, span.start, span.end, span.fix)
+        check = check_step(s.text, new_text, span, s.likes, human_validation(self.validation))
+        s.fixed += 1
+        if not check.ok:
+            s.rejected = True
+            s.reason = f"step {len(s.texts) + 1}: human fix: {check.reason}"
+            return
+        self._accept(s, new_text, check.edit)
 
     def _judge(self, s: _LocalState, w_start: int, w_end: int, completion: Completion, prefix: str) -> _Candidate:
         passage, delete, cut, reason = self._passage(s, w_start, w_end, completion, prefix)
@@ -545,18 +580,7 @@ class LocalRewriter(Rewriter):
         valid = [c for c in judged if c.new_text is not None]
         if valid:
             best = min(valid, key=lambda c: c.distance)
-            remaining = reanchor(s.pending[1:], best.edit)
-            s.text = best.new_text
-            s.texts.append(best.new_text)
-            s.likes = [sp for sp in reanchor(s.likes, best.edit) if sp is not None]
-            if any(sp is None for sp in remaining):
-                # a later dislike was rewritten along with this one: it counts as addressed by this edit only if
-                # we say so; we reject instead, so every step maps to one span.
-                s.rejected = True
-                s.reason = f"step {step}: overlap: the edit also removed a later dislike span"
-                return
-            s.pending = remaining
-            s.attempts = 0
+            self._accept(s, best.new_text, best.edit)
             return
         codes = Counter(reason_code(c.reason) for c in judged)
         top = codes.most_common(1)[0][0]
@@ -565,6 +589,14 @@ class LocalRewriter(Rewriter):
         logger.debug("%s step %d attempt %d: %s", s.ctx.chain_id, step, s.attempts, reason)
         if s.attempts >= self.config.max_attempts:
             s.rejected = True
+
+
+class MixedRewriter(LocalRewriter):
+    """`local` where the annotators typed no fix: a dislike span with a suggested fix (`Span.fix`) is fixed by
+    it, every other one by the model, in the same left-to-right chain."""
+
+    name = "mixed"
+    uses_fixes = True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -594,7 +626,8 @@ class HumanRewriter(Rewriter):
         return rows
 
 
-REWRITERS: dict[str, type[Rewriter]] = {"paper": PaperRewriter, "local": LocalRewriter, "human": HumanRewriter}
+REWRITERS: dict[str, type[Rewriter]] = {"paper": PaperRewriter, "local": LocalRewriter, "human": HumanRewriter,
+                                         "mixed": MixedRewriter}  # fmt: skip
 
 
 def needs_backend(name_or_dir: str) -> bool:
@@ -615,5 +648,6 @@ def build_rewriter(name_or_dir: str, validation: ValidationConfig | None = None,
     return REWRITERS[kind](cfg, prompt, validation)
 
 
-__all__ = ["ChainContext", "RewriterConfig", "Rewriter", "PaperRewriter", "LocalRewriter", "HumanRewriter", "REWRITERS",
+__all__ = ["ChainContext", "RewriterConfig", "Rewriter", "PaperRewriter", "LocalRewriter", "HumanRewriter", "MixedRewriter",
+           "REWRITERS",
            "build_rewriter", "needs_backend", "load_rewriter_config", "sentence_window", "clean_passage", "split_steps", "load_prompt"]  # fmt: skip

@@ -147,6 +147,9 @@ def load_items(repo: DatasetRepo, seed: int | None = 0) -> list[Item]:
 # ---------------------------------------------------------------------------------------------------
 # The store
 # ---------------------------------------------------------------------------------------------------
+SPAN_COLUMNS = 'annotator, response_id, span_id, start, "end", polarity, reasons, note, client_key, updated, fix'
+
+
 class AnnotationStore(SQLiteStore):
     """Spans, response-level reasons, A/B choices, time spent and queue assignments, per annotator."""
 
@@ -160,6 +163,7 @@ class AnnotationStore(SQLiteStore):
         annotator TEXT NOT NULL, response_id TEXT NOT NULL, span_id INTEGER NOT NULL,
         start INTEGER NOT NULL, "end" INTEGER NOT NULL, polarity TEXT NOT NULL,
         reasons TEXT NOT NULL, note TEXT NOT NULL, client_key TEXT, updated REAL NOT NULL,
+        fix TEXT NOT NULL DEFAULT '',
         PRIMARY KEY (annotator, response_id, span_id));
     CREATE UNIQUE INDEX IF NOT EXISTS spans_by_key ON spans (annotator, response_id, client_key);
     CREATE TABLE IF NOT EXISTS response_reasons (
@@ -171,6 +175,13 @@ class AnnotationStore(SQLiteStore):
         PRIMARY KEY (annotator, item_id));
     """
     )
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path)
+        with self.write() as db:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(spans)")}
+            if "fix" not in columns:  # a database from before suggested fixes: its spans have none
+                db.execute("ALTER TABLE spans ADD COLUMN fix TEXT NOT NULL DEFAULT ''")
 
 
 @dataclass
@@ -240,7 +251,7 @@ class AnnotationService:
                 "dislike": groups(schema.DISLIKE),
                 "other": {p: tax.other_id(p) for p in schema.POLARITIES},
             },
-            "bounds": {"note": self.bounds.note, "rationale": self.bounds.rationale},
+            "bounds": {"note": self.bounds.note, "rationale": self.bounds.rationale, "fix": self.bounds.fix},
             "progress": self.progress(annotator),
         }
 
@@ -331,7 +342,7 @@ class AnnotationService:
         shown = list(zip(item.response_ids, item.texts, strict=True))
         for rid, text in reversed(shown) if swapped else shown:
             spans = [self._span_view(text, dict(r)) for r in self.store.read(
-                'SELECT span_id, start, "end", polarity, reasons, note FROM spans WHERE annotator = ? AND '
+                'SELECT span_id, start, "end", polarity, reasons, note, fix FROM spans WHERE annotator = ? AND '
                 "response_id = ? ORDER BY start, span_id", (annotator, rid))]  # fmt: skip
             rr = self.store.read("SELECT reasons FROM response_reasons WHERE annotator = ? AND response_id = ?",
                                  (annotator, rid))  # fmt: skip
@@ -347,7 +358,7 @@ class AnnotationService:
     def _span_view(text: str, r: dict[str, Any]) -> dict[str, Any]:
         return {"span_id": r["span_id"], "start": r["start"], "end": r["end"], "polarity": r["polarity"],
                 "reasons": json.loads(r["reasons"]) if isinstance(r["reasons"], str) else r["reasons"],
-                "note": r["note"], "start16": codepoint_to_utf16(text, r["start"]),
+                "note": r["note"], "fix": r["fix"] or "", "start16": codepoint_to_utf16(text, r["start"]),
                 "end16": codepoint_to_utf16(text, r["end"]), "text": text[r["start"]: r["end"]]}  # fmt: skip
 
     # -- writing ---------------------------------------------------------------------------------------
@@ -372,8 +383,8 @@ class AnnotationService:
 
     def save_span(self, token: Any, item_id: Any, response_id: Any, span: Any, seconds: Any = 0) -> dict[str, Any]:
         """Create or update one span. `span` has UTF-16 `start`/`end` (as the page counts), `polarity`,
-        `reasons`, `note`, and `span_id` (to update) or a `key` (a page-made id that makes a retried create
-        save the span once)."""
+        `reasons`, `note`, an optional `fix` (the text the annotator suggests in place of a dislike span's), and
+        `span_id` (to update) or a `key` (a page-made id that makes a retried create save the span once)."""
         annotator = self.auth.resolve(token)
         item = self._check_item(annotator, item_id)
         if response_id not in item.response_ids:
@@ -391,6 +402,7 @@ class AnnotationService:
             raise UserError(f"polarity must be one of {list(schema.POLARITIES)}, got {str(polarity)[:40]!r}")
         note = bound_text(span.get("note"), "note", self.bounds.note)
         reasons = self._check_reasons(span.get("reasons"), polarity, note, "span")
+        fix = bound_text(span.get("fix"), "suggested fix", self.bounds.fix) if polarity == schema.DISLIKE else ""
         key = span.get("key")
         key = bound_text(key, "span key", 64) or None if key is not None else None
         span_id = span.get("span_id")
@@ -399,8 +411,8 @@ class AnnotationService:
             if span_id is not None:
                 span_id = bound_int(span_id, "span_id", 1, 10**9)
                 cur = db.execute('UPDATE spans SET start = ?, "end" = ?, polarity = ?, reasons = ?, note = ?, '
-                                 "updated = ? WHERE annotator = ? AND response_id = ? AND span_id = ?",
-                                 (start, end, polarity, json.dumps(reasons), note, now, annotator, response_id,
+                                 "fix = ?, updated = ? WHERE annotator = ? AND response_id = ? AND span_id = ?",
+                                 (start, end, polarity, json.dumps(reasons), note, fix, now, annotator, response_id,
                                   span_id))  # fmt: skip
                 if cur.rowcount != 1:
                     raise UserError(f"you have no span {span_id} on this response (deleted in another tab?)")
@@ -410,8 +422,8 @@ class AnnotationService:
                 if existing is not None:  # a retry of a create that reached the disk: the same span again
                     span_id = existing[0]
                     db.execute('UPDATE spans SET start = ?, "end" = ?, polarity = ?, reasons = ?, note = ?, '
-                               "updated = ? WHERE annotator = ? AND response_id = ? AND span_id = ?",
-                               (start, end, polarity, json.dumps(reasons), note, now, annotator, response_id,
+                               "fix = ?, updated = ? WHERE annotator = ? AND response_id = ? AND span_id = ?",
+                               (start, end, polarity, json.dumps(reasons), note, fix, now, annotator, response_id,
                                 span_id))  # fmt: skip
                 else:
                     count, top = db.execute("SELECT COUNT(*), COALESCE(MAX(span_id), 0) FROM spans WHERE "
@@ -419,12 +431,13 @@ class AnnotationService:
                     if count >= self.bounds.spans_per_response:
                         raise UserError(f"at most {self.bounds.spans_per_response} spans per response")
                     span_id = top + 1
-                    db.execute("INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    db.execute(f"INSERT INTO spans ({SPAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                (annotator, response_id, span_id, start, end, polarity, json.dumps(reasons), note,
-                                key, now))  # fmt: skip
+                                key, now, fix))  # fmt: skip
             self._add_seconds(db, annotator, item.item_id, seconds)
         self.changed.set()
-        row = {"span_id": span_id, "start": start, "end": end, "polarity": polarity, "reasons": reasons, "note": note}
+        row = {"span_id": span_id, "start": start, "end": end, "polarity": polarity, "reasons": reasons, "note": note,
+               "fix": fix}  # fmt: skip
         return {"span": self._span_view(text, row)}
 
     def delete_span(self, token: Any, item_id: Any, response_id: Any, span_id: Any) -> dict[str, Any]:
@@ -502,7 +515,7 @@ class AnnotationService:
         for r in self.store.read("SELECT * FROM spans ORDER BY annotator, response_id, span_id"):
             spans.setdefault((r["annotator"], r["response_id"]), []).append(schema.Span(
                 span_id=r["span_id"], start=r["start"], end=r["end"], polarity=r["polarity"],
-                reasons=json.loads(r["reasons"]), note=r["note"]))  # fmt: skip
+                reasons=json.loads(r["reasons"]), note=r["note"], fix=r["fix"] or ""))  # fmt: skip
         reasons = {(r["annotator"], r["response_id"]): [schema.ResponseReason(**x) for x in json.loads(r["reasons"])]
                    for r in self.store.read("SELECT * FROM response_reasons")}  # fmt: skip
         keys = set(spans) | {k for k, v in reasons.items() if v}
@@ -590,9 +603,10 @@ class AnnotationService:
                 if item is None or not claim(row["annotator"], item.item_id, seconds):
                     continue
                 for sp in row["spans"]:
-                    db.execute("INSERT OR IGNORE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                    db.execute(f"INSERT OR IGNORE INTO spans ({SPAN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
                                (row["annotator"], row["response_id"], sp["span_id"], sp["start"], sp["end"],
-                                sp["polarity"], json.dumps(sp["reasons"] or []), sp["note"] or "", now))  # fmt: skip
+                                sp["polarity"], json.dumps(sp["reasons"] or []), sp["note"] or "", now,
+                                sp.get("fix") or ""))  # fmt: skip
                 if row["response_reasons"]:
                     db.execute("INSERT OR REPLACE INTO response_reasons VALUES (?, ?, ?, ?)",
                                (row["annotator"], row["response_id"], json.dumps(row["response_reasons"]), now))  # fmt: skip

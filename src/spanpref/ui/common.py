@@ -63,6 +63,7 @@ class Bounds:
     password: int = 256
     note: int = 2000  # a span's or response's free-text note
     rationale: int = 4000  # an A/B choice's rationale
+    fix: int = 4000  # a dislike span's suggested replacement text
     spans_per_response: int = 300
     reasons_per_span: int = 64
     seconds_per_report: float = 3600.0  # one report of time spent; longer gaps are breaks, not work

@@ -288,7 +288,8 @@
     r._box.replaceChildren(...nodes);
     r._list.replaceChildren(...r.spans.map((s) => h("li", { class: s.polarity, dataset: { spanId: String(s.span_id) },
       onclick: () => openPopup({ k, span: { ...s }, isNew: false }, r._box.getBoundingClientRect()) },
-      `#${s.span_id} ${s.polarity} “${s.text}” `, h("span", { text: s.reasons.map(reasonLabel).join("; ") + (s.note ? " — " + s.note : "") }))));
+      `#${s.span_id} ${s.polarity} “${s.text}” `, h("span", { text: s.reasons.map(reasonLabel).join("; ") + (s.note ? " — " + s.note : "") }),
+      s.fix ? h("span", { class: "sp-fix-shown", text: " → “" + s.fix + "”" }) : null)));
   }
 
   function offsetWithin(box, node, offset) {
@@ -317,7 +318,7 @@
       if (a >= b) return;
       const rect = range.getBoundingClientRect();
       sel.removeAllRanges();
-      openPopup({ k, isNew: true, span: { start16: a, end16: b, polarity: st.mode, reasons: [], note: "", key: newKey(),
+      openPopup({ k, isNew: true, span: { start16: a, end16: b, polarity: st.mode, reasons: [], note: "", fix: "", key: newKey(),
                                           text: r.text.slice(a, b) } }, rect);
       return;
     }
@@ -355,11 +356,15 @@
     popup.className = "sp-popup " + pol;
     const polSwitch = ["like", "dislike"].map((p) => h("label", {},
       h("input", { type: "radio", name: "sp-pop-pol", value: p, checked: p === pol,
-                   onchange: () => { s.reasons = gatherPopup().reasons; s.note = gatherPopup().note; s.polarity = p; drawPopup(); } }), " " + p + " "));
+                   onchange: () => { Object.assign(s, gatherPopup()); s.polarity = p; drawPopup(); } }), " " + p + " "));
     const groups = h("div", { class: "sp-groups" }, tax[pol].map((g) => h("div", { class: "sp-group" }, h("div", { class: "sp-group-label", text: g.label }),
       g.reasons.map((x) => h("label", { class: "sp-reason" }, h("input", { type: "checkbox", value: x.id, checked: ticked.has(x.id) }), " " + x.label)))));
     const other = tax.other[pol];
     const note = h("textarea", { rows: 2, name: "note", maxlength: st.info.bounds.note, placeholder: "Other: say why (optional otherwise)", value: s.note || "" });
+    // A dislike may carry the annotator's own wording for it; chains can then be built from these fixes.
+    const fix = pol === "dislike" ? h("label", { class: "sp-fix" }, "Suggested fix (optional): what you would write instead",
+      h("textarea", { rows: 2, name: "fix", maxlength: st.info.bounds.fix, placeholder: "leave empty if you have none; a single space deletes the span's text",
+                      value: s.fix || "" })) : null;
     const parts = [
       h("div", { class: "sp-group-label", text: (ctx.isNew ? "New " : "Edit ") + pol + " span" + (s.span_id ? " #" + s.span_id : "") }),
       h("div", { class: "sp-quote", text: "“" + s.text + "”" }),
@@ -367,6 +372,7 @@
       groups,
       other ? h("label", { class: "sp-reason" }, h("input", { type: "checkbox", value: other, checked: ticked.has(other) }), " Other (say why)") : null,
       note,
+      fix,
       (ctx.others || []).length ? h("div", {}, "Also here: ", ctx.others.map((o) => h("button", { type: "button", text: `#${o.span_id} ${o.polarity}`,
         onclick: () => openPopup({ k: ctx.k, isNew: false, span: { ...o }, others: [] }, popup.getBoundingClientRect()) }))) : null,
       h("div", { class: "sp-buttons" },
@@ -378,8 +384,8 @@
 
   function gatherPopup() {
     const reasons = [...popup.querySelectorAll("input[type=checkbox]:checked")].map((x) => x.value);
-    const noteEl = popup.querySelector("textarea");
-    return { reasons, note: noteEl ? noteEl.value : "" };
+    const noteEl = popup.querySelector("textarea[name=note]"), fixEl = popup.querySelector("textarea[name=fix]");
+    return { reasons, note: noteEl ? noteEl.value : "", fix: fixEl ? fixEl.value : "" };
   }
 
   function closePopup() {
@@ -392,13 +398,13 @@
   async function savePopup() {
     const ctx = st.popup;
     if (!ctx || st.busy) return;
-    const { reasons, note } = gatherPopup();
+    const { reasons, note, fix } = gatherPopup();
     const s = ctx.span, r = st.item.responses[ctx.k];
     st.busy = true;
     status("saving…", "busy");
     try {
       const res = await call("save_span", st.token, st.item.item_id, r.response_id,
-        { span_id: s.span_id || null, key: s.key || null, start: s.start16, end: s.end16, polarity: s.polarity, reasons, note },
+        { span_id: s.span_id || null, key: s.key || null, start: s.start16, end: s.end16, polarity: s.polarity, reasons, note, fix },
         takeSeconds());
       const i = r.spans.findIndex((x) => x.span_id === res.span.span_id);
       if (i >= 0) r.spans[i] = res.span; else r.spans.push(res.span);
