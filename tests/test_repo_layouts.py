@@ -334,3 +334,23 @@ def test_a_card_with_a_split_name_datasets_cannot_load_says_so(tmp_path, capsys)
         DatasetRepo(tmp_path / "new").write({schema.DOCUMENTS: {"train-00000-of": [
             {"doc_id": "d", "domain": "x", "title": "", "text": "t"}]}})  # fmt: skip
     assert not (tmp_path / "new").exists()
+
+
+def test_another_tools_config_and_card_keys_are_kept_beside_ours(tmp_path):
+    folder = tmp_path / "r"
+    (folder / "extra").mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2], "note": ["hello", "world"]}), folder / "extra" / "notes-a.parquet")
+    (folder / "README.md").write_text("---\nlicense: cc-by-4.0\nannotations_creators: [expert-generated]\n"
+                                      "configs:\n- config_name: notes\n  data_files:\n  - split: train\n"
+                                      "    path: extra/notes-*.parquet\n---\n")  # fmt: skip
+    repo = DatasetRepo(folder)
+    repo.write({schema.DOCUMENTS: [{"doc_id": "d", "domain": "x", "title": "", "text": "t"}]})
+    assert repo.config_names() == [schema.DOCUMENTS, "notes"]
+    notes = {"config_name": "notes", "data_files": [{"split": "train", "path": "extra/notes-*.parquet"}]}
+    assert _entries(folder)["notes"] == notes
+    data = DatasetCard.load(folder / "README.md").data
+    assert data.license == "cc-by-4.0" and data.annotations_creators == ["expert-generated"]
+    assert "| `notes` | train (2) | (not a spanpref config) |" in (folder / "README.md").read_text()
+    assert _load_everything(folder) == {schema.DOCUMENTS: 1, "notes": 2}
+    repo.remove([schema.DOCUMENTS])
+    assert _entries(folder) == {"notes": notes} and (folder / "extra" / "notes-a.parquet").is_file()

@@ -108,11 +108,8 @@ def render_dataset_card(
     meta["configs"] = [by_name[n] for n in config_names]
     ours = [n for n in config_names if n in schema.CONFIGS]
     meta["size_categories"] = [size_category(max([repo.count(n) for n in ours] or [0]))]
-    configs = [
-        {"name": n, "description": DESCRIPTIONS.get(n, "(not a spanpref config)"),
-         "splits": ", ".join(f"{s} ({repo.count(n, s)})" for s in repo.splits(n))}
-        for n in config_names
-    ]  # fmt: skip
+    configs = [{"name": n, "description": DESCRIPTIONS.get(n, "(not a spanpref config)"),
+                "splits": _split_summary(repo, n)} for n in config_names]  # fmt: skip
     config_names = ours  # the statistics below read spanpref's columns
     stats = load_annotation_stats(repo) if schema.ANNOTATIONS in config_names else None
     taxonomy_key, reason_table = "", ""
@@ -147,6 +144,18 @@ def render_dataset_card(
         sources=_sources(repo, config_names),
         caveats=_caveats(repo, config_names, stats),
     )
+
+
+def _split_summary(repo: Any, config: str) -> str:
+    """"train (120), test (30)"; another tool's config in a format spanpref does not read gets its file count."""
+    from spanpref.repo import RepoError
+
+    try:
+        return ", ".join(f"{s} ({repo.count(config, s)})" for s in repo.splits(config))
+    except RepoError:
+        if config in schema.CONFIGS:  # spanpref's own data must be readable
+            raise
+        return ", ".join(f"{s} ({len(files)} file(s))" for s, files in repo.data_files(config).items())
 
 
 def _chain_table(repo: Any) -> str:
