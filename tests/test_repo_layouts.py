@@ -354,3 +354,14 @@ def test_another_tools_config_and_card_keys_are_kept_beside_ours(tmp_path):
     assert _load_everything(folder) == {schema.DOCUMENTS: 1, "notes": 2}
     repo.remove([schema.DOCUMENTS])
     assert _entries(folder) == {"notes": notes} and (folder / "extra" / "notes-a.parquet").is_file()
+
+
+def test_a_repo_opened_by_a_relative_path(source, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _push_to_hub_layout(Path("r"), {c: source[c] for c in BASE})
+    assert main(["stats", "r"]) == 0 and main(["pairs", "r"]) == 0 and main(["validate", "r"]) == 0
+    repo = DatasetRepo("r")
+    assert all(not f.is_absolute() for fs in repo.data_files(schema.PAIRS_AB).values() for f in fs)
+    assert repo.shards(schema.PAIRS_AB)["train"].relative_to(repo.path).parts[:2] == ("data", schema.PAIRS_AB)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    assert _load_everything(tmp_path / "r")[schema.RESPONSES] == len(source[schema.RESPONSES])

@@ -186,8 +186,12 @@ class DatasetRepo:
             raise RepoError(f"{self.path / CARD}: config {config!r} lists data files that are not in the folder "
                             f"({e})") from None  # fmt: skip
         out = {}
+        root = self.path.absolute()
         for split in _split_order(resolved):
-            files = [Path(f) for f in resolved[split]]
+            # `datasets` answers with absolute paths; give them back in the form the repo was opened with, so
+            # that `relative_to(repo.path)` works for a relative folder too
+            files = [self.path / Path(f).relative_to(root) if Path(f).is_relative_to(root) else Path(f)
+                     for f in resolved[split]]  # fmt: skip
             if not files:
                 raise RepoError(f"{self.path / CARD}: config {config!r}, split {split!r}: the pattern(s) "
                                 f"{patterns[split]} match no file in {base}")  # fmt: skip
