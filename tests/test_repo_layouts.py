@@ -365,3 +365,17 @@ def test_a_repo_opened_by_a_relative_path(source, tmp_path, monkeypatch, capsys)
     assert repo.shards(schema.PAIRS_AB)["train"].relative_to(repo.path).parts[:2] == ("data", schema.PAIRS_AB)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
     assert _load_everything(tmp_path / "r")[schema.RESPONSES] == len(source[schema.RESPONSES])
+
+
+def test_a_config_given_by_data_dir_alone_gets_the_hubs_inferred_splits(tmp_path):
+    folder = tmp_path / "r"
+    rows = [{"doc_id": f"d{i}", "domain": "x", "title": "", "text": "t"} for i in range(5)]
+    table = pa.Table.from_pylist(rows, schema=schema.features_of(schema.DOCUMENTS).arrow_schema)
+    (folder / "docs").mkdir(parents=True)
+    pq.write_table(table.slice(0, 3), folder / "docs" / "train-00000-of-00001.parquet")
+    pq.write_table(table.slice(3), folder / "docs" / "validation-00000-of-00001.parquet")
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: documents\n  data_dir: docs\n---\n")
+    repo = DatasetRepo(folder)
+    assert repo.splits(schema.DOCUMENTS) == ["train", "validation"] and repo.count(schema.DOCUMENTS) == 5
+    ds = datasets.load_dataset(str(folder), schema.DOCUMENTS)
+    assert {s: ds[s].num_rows for s in ds} == {"train": 3, "validation": 2}
