@@ -147,7 +147,8 @@ def render_dataset_card(
 
 
 def _split_summary(repo: Any, config: str) -> str:
-    """"train (120), test (30)"; another tool's config in a format spanpref does not read gets its file count."""
+    """Rows per split, e.g. "train (120), test (30)"; another tool's config that spanpref cannot read is listed
+    by its number of files."""
     from spanpref.repo import RepoError
 
     try:
