@@ -273,6 +273,8 @@ def test_two_process_training_on_chain_pairs_moves_every_parameter(loss, local_c
     card = (out / "README.md").read_text()
     assert "× 2 processes" in card and "config `pairs_stepwise`" in card and f"loss | {loss}" in card
     assert "| launch | MULTI_CPU, 2 processes on cpu |" in card
+    # the bundled recipes train grouped: every pair of a chain from one packed sequence
+    assert results["grouping"]["train"]["pairs"] == len(train) and "| batching | grouped:" in card
 
 
 @pytest.mark.slow

@@ -225,6 +225,13 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
         if training_args is None:
             raise ValueError("grouped training needs its SpanprefDPOConfig passed as args=")
         self.grouping: dict[str, dict[str, int]] = {}
+        init = dict(training_args.model_init_kwargs or {})
+        if isinstance(kwargs.get("model", args[0] if args else None), str) and "attn_implementation" not in init \
+                and torch.cuda.is_available() and not training_args.use_cpu:  # fmt: skip
+            # on a GPU a block mask (FlexAttention) skips the masked tiles instead of materialising a dense
+            # (rows, 1, L, L) mask for every layer; on CPU the dense mask is the fast path
+            init["attn_implementation"] = "flex_attention"
+            training_args.model_init_kwargs = init
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = DataCollatorForGroups(
                 max_length=training_args.max_length, share_prefixes=training_args.share_prefixes,
