@@ -192,9 +192,14 @@ class SpanprefDPOTrainer(DPOTrainer):
 
     def _log_preference_metrics(self, mode: str, logps: PreferenceLogps) -> None:
         gather = self.accelerator.gather_for_metrics
+        for name, value in self._preference_metrics(logps).items():
+            self._metrics[mode][name].append(gather(value).float().mean().item())
+
+    def _preference_metrics(self, logps: PreferenceLogps) -> dict[str, torch.Tensor]:
+        """Per-pair values of the logged metrics."""
         chosen_rewards = (self.beta * logps.chosen_logratios).detach()
         rejected_rewards = (self.beta * logps.rejected_logratios).detach()
-        metrics = {
+        return {
             "rewards/chosen": chosen_rewards,
             "rewards/rejected": rejected_rewards,
             # the preference accuracy of the paper's validation metric: the implicit reward ranks the pair right
@@ -207,8 +212,6 @@ class SpanprefDPOTrainer(DPOTrainer):
             "logps/accuracies": (logps.chosen > logps.rejected).float().detach(),
             "dpop/penalty": compute_dpop_penalty(logps).detach(),
         }
-        for name, value in metrics.items():
-            self._metrics[mode][name].append(gather(value).float().mean().item())
 
 
 class GroupedDPOTrainer(SpanprefDPOTrainer):
@@ -369,19 +372,9 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
 
     def _log_preference_metrics(self, mode: str, logps: PreferenceLogps) -> None:
         # Ranks hold different numbers of pairs: gather sums and counts, not the per-pair tensors.
-        chosen_rewards = (self.beta * logps.chosen_logratios).detach()
-        rejected_rewards = (self.beta * logps.rejected_logratios).detach()
-        metrics = {
-            "rewards/chosen": chosen_rewards,
-            "rewards/rejected": rejected_rewards,
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
-            "rewards/margins": chosen_rewards - rejected_rewards,
-            "logps/chosen": logps.chosen.detach(),
-            "logps/rejected": logps.rejected.detach(),
-            "logps/accuracies": (logps.chosen > logps.rejected).float().detach(),
-            "dpop/penalty": compute_dpop_penalty(logps).detach(),
-        }
-        sums = torch.stack([v.float().sum() for v in metrics.values()] + [chosen_rewards.new_tensor(len(chosen_rewards))])
+        metrics = self._preference_metrics(logps)
+        count = torch.tensor(float(len(logps.chosen)), device=logps.chosen.device)
+        sums = torch.stack([v.float().sum() for v in metrics.values()] + [count])
         sums = self.accelerator.reduce(sums, reduction="sum") if self.accelerator.num_processes > 1 else sums
         count = max(sums[-1].item(), 1.0)
         for name, total in zip(metrics, sums[:-1].tolist(), strict=True):
