@@ -330,3 +330,33 @@ def test_a_split_with_nothing_that_fits_stops_with_advice(pairs_folder, tmp_path
         train("dpo", *parse_args("dpo", argv))
     with pytest.raises(SystemExit, match="no training example is left .* raise max_length"):
         train("dpo", *parse_args("dpo", [*argv, "--training_mode", "pairwise"]))
+
+
+@pytest.mark.slow
+def test_two_process_grouped_run_with_accumulation_and_precomputed_reference_moves_every_parameter(
+    pairs_folder, tmp_path
+):
+    """Two gloo ranks share the reference precompute (each scores its share of the groups, then they exchange),
+    accumulate gradients over two batches of groups, and move every weight of the tiny model."""
+    import json
+
+    from test_training import accelerate_launch, trainable_weights
+
+    from spanpref.models import resolve_model
+
+    out = tmp_path / "out"
+    proc = accelerate_launch("dpo.py", "tiny/dpo/config_stepwise_apo_zero.yaml", "--dataset_name", str(pairs_folder),
+                             "--output_dir", str(out), "--precompute_ref_log_probs", "true", "--ref_logps_cache",
+                             str(tmp_path / "cache"), "--gradient_accumulation_steps", "2",
+                             "--per_device_train_batch_size", "1", "--max_steps", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "reference log-probs of the train dataset kept in" in proc.stderr + proc.stdout
+    before, after = trainable_weights(Path(resolve_model("spanpref/tiny-llama"))), trainable_weights(out)
+    unmoved = [n for n in before if torch.equal(before[n], after[n])]
+    assert not unmoved, f"parameters that did not move: {unmoved}"
+    results = json.loads((out / "spanpref_results.json").read_text())
+    n = len(datasets.load_dataset(str(pairs_folder), "pairs_stepwise", split="train"))
+    assert results["grouping"]["train"]["pairs"] == results["train_examples"] == n
+    assert results["train"]["train_loss"] > 0
+    card = (out / "README.md").read_text()
+    assert "| launch | MULTI_CPU, 2 processes on cpu |" in card and "| batching | grouped:" in card
