@@ -50,6 +50,7 @@ from spanpref.ui.common import (
     bound_number,
     bound_text,
     codepoint_to_utf16,
+    lock_down,
     oauth_username,
     on_spaces,
     server_function,
@@ -89,6 +90,9 @@ class AnnotateConfig:
                                                                  "anyone; a name is claimed by its first login)"})  # fmt: skip
     access_code: str | None = field(default=None, metadata={"help": "a code every local login must give (default: "
                                                             "$SPANPREF_ACCESS_CODE, or none)"})  # fmt: skip
+    session_hours: float = field(default=12.0, metadata={"help": "hours a login lasts before the annotator logs in "
+                                                         "again (a restart with another --access-code or "
+                                                         "--annotators ends every session at once)"})  # fmt: skip
     export_every: float = field(default=30.0, metadata={"help": "seconds between background exports to the repo "
                                                         "after changes (0: only on exit and with --export-only)"})  # fmt: skip
     hub_repo: str | None = field(default=None, metadata={"help": "Hub dataset id to push the folder to with a "
@@ -212,7 +216,8 @@ class AnnotationService:
         self.pool = [it.item_id for it in self.items[max(0, config.overlap) :]]
         self.store = AnnotationStore(config.db or default_db_path(config.folder))
         code = config.access_code if config.access_code is not None else os.environ.get("SPANPREF_ACCESS_CODE")
-        self.auth = LocalAuth(self.store, allowed=config.annotators, access_code=code, bounds=bounds)
+        self.auth = LocalAuth(self.store, allowed=config.annotators, access_code=code, bounds=bounds,
+                              session_hours=config.session_hours)  # fmt: skip
         self.oauth = on_spaces() if config.oauth is None else config.oauth
         self.changed = threading.Event()  # set by every write; the background exporter clears it
         self.export_lock = threading.Lock()
@@ -743,7 +748,7 @@ def build_app(config: AnnotateConfig, service: AnnotationService | None = None) 
             oauth="1" if service.oauth else "0",
         )
     demo.service = service
-    return demo
+    return lock_down(demo)
 
 
 def serve(config: AnnotateConfig, *, block: bool = True) -> Any:

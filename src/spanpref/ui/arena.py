@@ -36,6 +36,7 @@ from spanpref.ui.common import (
     bound_text,
     escape_html,
     launch_local,
+    lock_down,
     oauth_username,
     on_spaces,
 )
@@ -68,6 +69,9 @@ class ArenaConfig:
                                                              "name is claimed by its first login)"})  # fmt: skip
     access_code: str | None = field(default=None, metadata={"help": "a code every local login must give (default: "
                                                             "$SPANPREF_ACCESS_CODE, or none)"})  # fmt: skip
+    session_hours: float = field(default=12.0, metadata={"help": "hours a login lasts before the judge logs in "
+                                                         "again (a restart with another --access-code or --judges "
+                                                         "ends every session at once)"})  # fmt: skip
     oauth: bool | None = field(default=None, metadata={"help": "log in with Hugging Face OAuth (default: on when "
                                                        "running in a Space)"})  # fmt: skip
     hub_repo: str | None = field(default=None, metadata={"help": "Hub dataset id to push the folder (with the "
@@ -247,7 +251,7 @@ class Arena:
         self.data = data or load_arena_data(config.folder)
         self.store = VoteStore(config.db_path())
         code = config.access_code if config.access_code is not None else os.environ.get("SPANPREF_ACCESS_CODE")
-        self.auth = LocalAuth(self.store, allowed=config.judges, access_code=code)
+        self.auth = LocalAuth(self.store, allowed=config.judges, access_code=code, session_hours=config.session_hours)
         self.oauth = on_spaces() if config.oauth is None else config.oauth
         self.rng = random.Random(config.seed)
         self._battles = set(self.data.battles)
@@ -285,6 +289,12 @@ class Arena:
         return row["judge"] == self.config.judge and row["judgment_id"].startswith(JUDGMENT_PREFIX)
 
     # -- identity ------------------------------------------------------------------------------------
+    @property
+    def restricted(self) -> bool:
+        """Whether only some people may use this arena (an access code or a list of judges): then the
+        leaderboard and the export are theirs too."""
+        return self.auth.access_code is not None or self.auth.allowed is not None
+
     def login_oauth(self, request: Any) -> str:
         """A session token for the Hugging Face user of an OAuth-signed-in request."""
         name = oauth_username(request)
@@ -653,24 +663,40 @@ def build_app(config: ArenaConfig, arena: Arena | None = None) -> Any:
             login_button.click(on_login, login_inputs, [*view_outputs, password_box, remembered])
             password_box.submit(on_login, login_inputs, [*view_outputs, password_box, remembered])
 
-        def leaderboard() -> list[str]:
-            where = (f"{arena.store.count()} votes, stored in {arena.store.path} and exported to the "
-                     f"{schema.JUDGMENTS} config of {config.folder} (judge {config.judge!r}).")  # fmt: skip
+        def logged_in(state: dict | None) -> bool:
+            try:
+                arena.auth.resolve((state or {}).get("token"))
+            except UserError:
+                return False
+            return True
+
+        def leaderboard(state: dict | None) -> list[str]:
+            if arena.restricted and not logged_in(state):
+                return ["<p>Log in (Judge tab) to see the leaderboard.</p>", ""]
+            # where the votes are kept stays on the server: file and folder names are nobody's business here
+            where = f"{arena.store.count()} votes, exported to the {schema.JUDGMENTS} config (judge {config.judge!r})."
             ratings, caveat = arena.leaderboard()
             if not ratings:
                 return ["<p>No votes yet.</p>", note(where)]
             return [render_leaderboard(ratings), note(" ".join(filter(None, (caveat, where))))]
 
-        def export() -> list[str]:
-            n = arena.export()
-            board, info = leaderboard()
+        def export(state: dict | None) -> list[str]:
+            if (arena.restricted or arena.oauth) and not logged_in(state):
+                return ["<p>Log in (Judge tab) to export the judgments.</p>", ""]
+            try:
+                n = arena.export()
+            except Exception:
+                logger.exception("arena: export failed")
+                board, info = leaderboard(state)
+                return [board, note("The export failed (the reason is in the server's log).") + info]
+            board, info = leaderboard(state)
             return [board, note(f"Exported {n} judgments.") + info]
 
-        refresh_button.click(leaderboard, None, [board_html, board_note])
-        board_tab.select(leaderboard, None, [board_html, board_note])
-        export_button.click(export, None, [board_html, board_note])
+        refresh_button.click(leaderboard, [session], [board_html, board_note])
+        board_tab.select(leaderboard, [session], [board_html, board_note])
+        export_button.click(export, [session], [board_html, board_note])
     demo.arena = arena
-    return demo
+    return lock_down(demo)
 
 
 def serve(config: ArenaConfig, *, block: bool = True) -> Any:

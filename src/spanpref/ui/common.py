@@ -11,9 +11,12 @@
 - `LocalAuth`: a small login for local runs (name + password, claimed on first use, optional allow-list
   and team access code) and for Spaces (names vouched for by Hugging Face OAuth). Logins give a random
   session token; the server maps the token to the user for every call, so a user is never taken from
-  what the page claims.
+  what the page claims. Every call also re-checks the session against the server's current rules: it
+  expires after `session_hours`, and a restart with another access code or allow-list voids it.
 - `server_function`: wraps a Python function for `gr.HTML(server_functions=[...])`, turning `UserError`
   into `{"ok": False, "error": ...}` for the page.
+- `lock_down`: an app's `launch()` always refuses file uploads (the apps take none) and never shows raw
+  exception text in the page.
 - `launch_local`: serve a `gr.Blocks` on 127.0.0.1 the way the tests and the CLI need it.
 """
 
@@ -30,6 +33,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -233,17 +237,37 @@ def _token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _code_bytes(code: Any) -> bytes:
+    """An access code as bytes for a constant-time comparison. NFC first, so that the same word typed on
+    keyboards that compose accents differently matches; surrogatepass, so that a lone surrogate sent by a client
+    is just a wrong code instead of an error."""
+    if not isinstance(code, str):
+        return b""
+    return unicodedata.normalize("NFC", code).encode("utf-8", "surrogatepass")
+
+
+def _rules_key(access_code: str | None, allowed: set[str] | None) -> str:
+    """A fingerprint of who may log in, stored with each session: a session issued under other rules is void.
+    Slow to compute (like a password hash), since the database holds it and the access code is behind it."""
+    rules = b"\x00".join([_code_bytes(access_code or ""), *(n.encode() for n in sorted(allowed or ()))])
+    rules = (b"code+" if access_code else b"open+") + (b"list+" if allowed else b"anyone+") + rules
+    return hashlib.pbkdf2_hmac("sha256", rules, b"spanpref-session-rules", 100_000).hex()
+
+
 class LocalAuth:
     """Accounts and session tokens kept in a `SQLiteStore`'s database.
 
     Local mode: the first login with a name claims it with its password; later logins need that password.
     `allowed` limits who may log in; `access_code` is a shared code every login must give (for a team server).
     On Spaces, `login_external(name)` issues a token for a name Hugging Face OAuth has vouched for.
+    A session lasts `session_hours` from its login (None: until logout) and only under the rules it was issued
+    with; `resolve` checks both, and the allow-list, on every call.
     """
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS accounts (name TEXT PRIMARY KEY, salt BLOB, hash BLOB, created REAL NOT NULL);
-    CREATE TABLE IF NOT EXISTS sessions (token TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS sessions (token TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL,
+                                         rules TEXT);
     """
 
     def __init__(
@@ -253,11 +277,24 @@ class LocalAuth:
         allowed: Iterable[str] | None = None,
         access_code: str | None = None,
         bounds: Bounds = DEFAULT_BOUNDS,
+        session_hours: float | None = 12.0,
     ):
         self.store = store
         self.allowed = set(allowed) if allowed else None
         self.access_code = access_code or None
         self.bounds = bounds
+        if session_hours is not None and not session_hours > 0:
+            raise ValueError(f"session_hours must be positive (or None for no expiry), got {session_hours}")
+        self.session_seconds = None if session_hours is None else session_hours * 3600
+        self.rules = _rules_key(self.access_code, self.allowed)
+        with store.write() as db:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(sessions)")}
+            if "rules" not in columns:  # a database from before sessions carried their rules: all of them void
+                db.execute("ALTER TABLE sessions ADD COLUMN rules TEXT")
+            # sessions issued under other rules can never be used again
+            gone = db.execute("DELETE FROM sessions WHERE rules IS NULL OR rules != ?", (self.rules,)).rowcount
+        if gone:
+            logger.info("ended %d session(s) issued under other access rules", gone)
 
     def login(self, name: Any, password: Any, access_code: Any = None) -> tuple[str, str]:
         """(token, name) for a correct login; `AuthError` otherwise."""
@@ -265,7 +302,8 @@ class LocalAuth:
         password = bound_text(password, "password", self.bounds.password)
         if len(password) < 4:
             raise AuthError("the password needs at least 4 characters")
-        if self.access_code is not None and not hmac.compare_digest(str(access_code or ""), self.access_code):
+        if self.access_code is not None and not hmac.compare_digest(_code_bytes(access_code),
+                                                                    _code_bytes(self.access_code)):  # fmt: skip
             raise AuthError("wrong access code")
         self._check_allowed(name)
         with self.store.write() as db:
@@ -288,13 +326,22 @@ class LocalAuth:
             return self._new_session(db, name), name
 
     def resolve(self, token: Any) -> str:
-        """The user a session token belongs to."""
+        """The user a session token belongs to, if the session is still valid under the current rules."""
         if not isinstance(token, str) or not token or len(token) > 200:
             raise AuthError("not logged in")
-        rows = self.store.read("SELECT name FROM sessions WHERE token = ?", (_token_key(token),))
+        rows = self.store.read("SELECT name, created, rules FROM sessions WHERE token = ?", (_token_key(token),))
         if not rows:
             raise AuthError("your session has ended; log in again")
-        return rows[0]["name"]
+        name, created, rules = rows[0]["name"], rows[0]["created"], rows[0]["rules"]
+        if rules is None or not hmac.compare_digest(rules, self.rules):
+            raise AuthError("this server's access rules changed since you logged in; log in again")
+        if self.session_seconds is not None and time.time() - created > self.session_seconds:
+            raise AuthError("your session has expired; log in again")
+        try:
+            self._check_allowed(name)
+        except AuthError:
+            raise AuthError(f"{name!r} may no longer use this server; log in again with another name") from None
+        return name
 
     def logout(self, token: Any) -> None:
         if isinstance(token, str):
@@ -305,10 +352,9 @@ class LocalAuth:
         if self.allowed is not None and name not in self.allowed:
             raise AuthError(f"{name!r} is not on this server's list of annotators")
 
-    @staticmethod
-    def _new_session(db: sqlite3.Connection, name: str) -> str:
+    def _new_session(self, db: sqlite3.Connection, name: str) -> str:
         token = secrets.token_urlsafe(32)
-        db.execute("INSERT INTO sessions VALUES (?, ?, ?)", (_token_key(token), name, time.time()))
+        db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (_token_key(token), name, time.time(), self.rules))
         return token
 
 
@@ -360,9 +406,46 @@ def server_function(fn: Callable[[list[Any], Any], dict[str, Any]], name: str | 
     return wrapper
 
 
+class RefuseUploads:
+    """ASGI middleware that answers 403 to Gradio's file-upload route. Neither app has a file input, and Gradio
+    accepts uploads from anyone who can reach the server (no login involved) and keeps them on disk."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope.get("path", "").rstrip("/").endswith("/upload"):
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": b"this app accepts no file uploads"})
+            return
+        await self.app(scope, receive, send)
+
+
+def lock_down(demo: Any) -> Any:
+    """Make every `demo.launch(...)` refuse file uploads and keep exception text out of the page.
+
+    Done on the app itself rather than in one launcher, because a Space's app.py (or `gradio app.py`) calls
+    `demo.launch()` directly: whoever launches the app gets these settings. `max_file_size=0` is a second fence
+    should the route ever move."""
+    from starlette.middleware import Middleware
+
+    launch = demo.launch
+
+    def locked_launch(*args: Any, **kwargs: Any) -> Any:
+        app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(RefuseUploads)]
+        # raw exception text can name files and folders of the server; user-facing errors are returned as values
+        kwargs.setdefault("show_error", False)
+        return launch(*args, app_kwargs=app_kwargs, max_file_size=0, **kwargs)
+
+    demo.launch = locked_launch
+    return demo
+
+
 def launch_local(demo: Any, port: int, *, host: str = "127.0.0.1", block: bool = True, **kwargs: Any) -> Any:
     """Serve `demo` on host:port without server-side rendering (which needs node) and without analytics."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo.queue(default_concurrency_limit=None)
     return demo.launch(server_name=host, server_port=port, ssr_mode=False, prevent_thread_lock=not block,
-                       show_error=True, quiet=True, **kwargs)  # fmt: skip
+                       quiet=True, **kwargs)  # fmt: skip
