@@ -316,7 +316,7 @@ def test_hub_push_exports_then_uploads_the_folder(repo_path):
     kw = uploads[-1][1]
     assert kw["repo_id"] == "org/arena-votes" and kw["repo_type"] == "dataset"
     assert Path(kw["folder_path"]) == repo_path.resolve()
-    assert kw["delete_patterns"] == ["data/judgments/*"] and ".*" in kw["ignore_patterns"]
+    assert kw["delete_patterns"] == ["data/judgments/*", "data/judge_stats/*"] and ".*" in kw["ignore_patterns"]
 
 
 def test_exported_votes_come_back_into_an_empty_vote_file(repo_path, tmp_path):

@@ -28,7 +28,8 @@ def _serve(folder: Path, db: Path, log: Path) -> tuple[subprocess.Popen, str]:
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     # `spanpref arena ...`, run by this interpreter
     cmd = [sys.executable, "-m", "spanpref.cli", "arena", str(folder), "--port", str(port), "--db", str(db),
-           "--rounds", "200", "--export-every", "0", "--seed", "3"]  # fmt: skip
+           "--rounds", "200", "--export-every", "0", "--seed", "3",
+           "--min-seconds", "0"]  # a test clicks faster than anyone reads; every vote must count here  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120

@@ -34,6 +34,7 @@ DESCRIPTIONS = {
     schema.EVAL_OUTPUTS: "a model's output on a held-out prompt",
     schema.JUDGMENTS: "a pairwise verdict of a judge",
     schema.RATINGS: "a model's Elo rating with its bootstrap interval",
+    schema.JUDGE_STATS: "one arena judge's battles shown and votes cast, counted and left out as too fast",
 }
 
 # Keys spanpref computes on every render; every other key of a card (another tool's included) is kept as it is.

@@ -38,6 +38,7 @@ SFT_FULL_REWRITE = "sft_full_rewrite"
 EVAL_OUTPUTS = "eval_outputs"
 JUDGMENTS = "judgments"
 RATINGS = "ratings"
+JUDGE_STATS = "judge_stats"
 
 PAIR_CONFIGS = (PAIRS_AB, PAIRS_FIRST_EDIT, PAIRS_FULL_REWRITE, PAIRS_STEPWISE, PAIRS_STEPWISE_DS, PAIRS_HUMAN_REWRITE)
 
@@ -232,6 +233,20 @@ class Rating:
     rounds: int = 0  # bootstrap rounds behind the interval (0: none)
 
 
+@dataclass
+class JudgeStats:
+    """How much one person judged in the arena (one row per judge id and person)."""
+
+    judge: str  # the judge id of their rows in the judgments config
+    annotator: str
+    battles_shown: int = 0  # distinct battles put on their screen
+    votes: int = 0
+    votes_counted: int = 0  # votes that enter the ratings
+    votes_too_fast: int = 0  # cast before the minimum reading time: kept, not rated
+    first_vote: float | None = None  # Unix time
+    last_vote: float | None = None
+
+
 # config name -> (record class, id column)
 CONFIGS: dict[str, tuple[type, str | None]] = {
     DOCUMENTS: (Document, "doc_id"),
@@ -246,6 +261,7 @@ CONFIGS: dict[str, tuple[type, str | None]] = {
     EVAL_OUTPUTS: (EvalOutput, "output_id"),
     JUDGMENTS: (Judgment, "judgment_id"),
     RATINGS: (Rating, None),
+    JUDGE_STATS: (JudgeStats, None),
 }
 
 

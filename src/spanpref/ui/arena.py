@@ -9,6 +9,11 @@ random display order is undone when the winner is recorded. The leaderboard uses
 Assignment keeps every model pair judged: the next battle (query, model pair) is one with the fewest votes (and
 battles held by other judges right now count as voted), ties broken by the pair's total votes, then at random;
 a judge never gets a battle they already voted on.
+
+An arena open to anyone signed in has three guards: votes per judge and per client address are limited per minute,
+and a vote cast sooner after its battle appeared than anyone reads two answers (`min_seconds`, timed by the server)
+is kept, exported without a winner (so no Elo fit counts it), and left out of the leaderboard, which says so. Each
+person's battles shown and votes (counted, too fast) go to the `judge_stats` config with every export.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,7 @@ from spanpref.ui.common import (
     SQLiteStore,
     UserError,
     bound_text,
+    client_address,
     escape_html,
     launch_local,
     lock_down,
@@ -77,6 +83,14 @@ class ArenaConfig:
     hub_repo: str | None = field(default=None, metadata={"help": "Hub dataset id to push the folder (with the "
                                                          "judgments) to with a CommitScheduler (default: no push)"})  # fmt: skip
     hub_every: float = field(default=5.0, metadata={"help": "minutes between Hub pushes"})
+    min_seconds: float = field(default=4.0, metadata={"help": "votes cast sooner than this many seconds after the "
+                                                      "battle was shown are kept but left out of the ratings (too "
+                                                      "quick to have read both answers; 0: every vote counts)"})  # fmt: skip
+    votes_per_minute: int = field(default=10, metadata={"help": "most votes one judge may cast in any minute (0: no "
+                                                        "limit)"})  # fmt: skip
+    address_votes_per_minute: int = field(default=30, metadata={"help": "most votes from one client address in any "
+                                                                "minute, all judges behind it together (0: no "
+                                                                "limit)"})  # fmt: skip
     port: int = field(default=7860, metadata={"help": "port to serve on (127.0.0.1)"})
     export_only: bool = field(default=False, metadata={"help": "export the votes to the judgments config and exit"})
 
@@ -223,6 +237,14 @@ class VoteStore(SQLiteStore):
         created_at REAL NOT NULL,
         UNIQUE (login, query_id, model_a, model_b)
     );
+    CREATE TABLE IF NOT EXISTS shown (
+        login TEXT NOT NULL,
+        query_id TEXT NOT NULL,
+        model_a TEXT NOT NULL,
+        model_b TEXT NOT NULL,
+        shown_at REAL NOT NULL,
+        PRIMARY KEY (login, query_id, model_a, model_b)
+    );
     CREATE TABLE IF NOT EXISTS assignments (
         login TEXT PRIMARY KEY,
         query_id TEXT NOT NULL,
@@ -258,6 +280,11 @@ class Arena:
         self._rng_lock = threading.Lock()
         self._export_lock = threading.RLock()
         self._votes_since_export = 0
+        self._limits = {
+            "judge": RateLimit(config.votes_per_minute),
+            "address": RateLimit(config.address_votes_per_minute),
+        }
+        self._limit_lock = threading.Lock()
         self.scheduler: Any = None  # the Hub push, when configured
         self.restore_votes()
 
@@ -273,8 +300,11 @@ class Arena:
             for r in rows:
                 try:
                     raw = json.loads(r["raw_output"])
+                    # a vote left out of the ratings is exported without a winner; the side picked tells it
+                    winner = r["winner"] or winner_of(raw["choice"], Battle(r["query_id"], r["model_a"], r["model_b"]),
+                                                      r["shown_first"])  # fmt: skip
                     values = (r["judgment_id"][len(JUDGMENT_PREFIX) :], raw["annotator"], r["query_id"], r["model_a"],
-                              r["model_b"], r["shown_first"], r["winner"], raw.get("rationale") or "",
+                              r["model_b"], r["shown_first"], winner, raw.get("rationale") or "",
                               raw.get("seconds"), raw.get("created_at") or 0.0)  # fmt: skip
                 except (ValueError, KeyError, TypeError) as e:
                     raise RepoError(f"{repo.path}: judgments row {r['judgment_id']!r} looks like an arena vote but "
@@ -334,23 +364,40 @@ class Arena:
                 left = self.rng.choice(battle.pair)
             db.execute("INSERT OR REPLACE INTO assignments VALUES (?, ?, ?, ?, ?, ?)",
                        (login, battle.query_id, battle.model_a, battle.model_b, left, now))  # fmt: skip
+            db.execute("INSERT OR IGNORE INTO shown VALUES (?, ?, ?, ?, ?)",
+                       (login, battle.query_id, battle.model_a, battle.model_b, now))  # fmt: skip
             return Assignment(battle, left, now)
 
     # -- voting --------------------------------------------------------------------------------------
-    def vote(self, login: str, battle: Battle, choice: str, rationale: str = "", seconds: float | None = None) -> str:
-        """Record `login`'s choice on the battle they were shown; returns the canonical winner."""
+    def vote(self, login: str, battle: Battle, choice: str, rationale: str = "", seconds: float | None = None, *,
+             address: str | None = None, now: float | None = None) -> str:  # fmt: skip
+        """Record `login`'s choice on the battle they were shown; returns the canonical winner. `seconds` is how
+        long the battle was on screen (measured by the server), `address` the client's address; both feed the
+        limits of an open arena (`votes_per_minute`, `address_votes_per_minute`, `min_seconds`)."""
+        now = time.time() if now is None else now
         rationale = bound_text(rationale, "the rationale", DEFAULT_BOUNDS.rationale).strip()
-        with self.store.write() as db:
-            row = db.execute("SELECT query_id, model_a, model_b, left_model FROM assignments WHERE login = ?",
-                             (login,)).fetchone()  # fmt: skip
-            if row is None or Battle(*row[:3]) != battle:
-                raise UserError("this battle is no longer yours to judge (voted already, or replaced in another "
-                                 "tab); a new one is shown")  # fmt: skip
-            winner = winner_of(choice, battle, row[3])
-            db.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (vote_id(login, battle), login, battle.query_id, battle.model_a, battle.model_b, row[3], winner,
-                        rationale, seconds, time.time()))  # fmt: skip
-            db.execute("DELETE FROM assignments WHERE login = ?", (login,))
+        keys = {"judge": login, "address": address}
+        # held from the check to the record, so that a burst of concurrent votes cannot all pass one check
+        with self._limit_lock:
+            for kind, key in keys.items():
+                wait = self._limits[kind].wait(key, now)
+                if wait:
+                    per = "per judge" if kind == "judge" else "from one address"
+                    raise UserError(f"slow down: at most {self._limits[kind].limit} votes a minute {per}; try again "
+                                    f"in {wait:.0f} s (your battle stays on screen)")  # fmt: skip
+            with self.store.write() as db:
+                row = db.execute("SELECT query_id, model_a, model_b, left_model FROM assignments WHERE login = ?",
+                                 (login,)).fetchone()  # fmt: skip
+                if row is None or Battle(*row[:3]) != battle:
+                    raise UserError("this battle is no longer yours to judge (voted already, or replaced in another "
+                                     "tab); a new one is shown")  # fmt: skip
+                winner = winner_of(choice, battle, row[3])
+                db.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (vote_id(login, battle), login, battle.query_id, battle.model_a, battle.model_b, row[3],
+                            winner, rationale, seconds, now))  # fmt: skip
+                db.execute("DELETE FROM assignments WHERE login = ?", (login,))
+            for kind, key in keys.items():
+                self._limits[kind].record(key, now)
         logger.info("arena: %s voted %s on %s", login, winner, battle)
         with self._export_lock:
             self._votes_since_export += 1
@@ -362,6 +409,20 @@ class Arena:
                 logger.exception("arena: export after a vote failed")
         return winner
 
+    def too_fast(self, vote: dict[str, Any]) -> bool:
+        """Whether a vote came sooner after its battle was shown than anyone reads two answers. Votes whose time is
+        unknown (imported, or from before times were kept) count."""
+        return vote["seconds"] is not None and vote["seconds"] < self.config.min_seconds
+
+    def reading_rule(self) -> str:
+        """The minimum-reading-time rule as the leaderboard states it, with how many votes it leaves out."""
+        if self.config.min_seconds <= 0:
+            return ""
+        votes = self.store.votes()
+        fast = sum(self.too_fast(v) for v in votes)
+        return (f"Votes cast less than {self.config.min_seconds:g} s after the battle was shown are kept but left out "
+                f"of the ratings (too quick to have read both answers): {fast} of {len(votes)} votes so far.")  # fmt: skip
+
     def progress(self, login: str) -> tuple[int, int]:
         """(battles this judge voted on, battles in the arena)."""
         mine = self.store.read("SELECT COUNT(*) FROM votes WHERE login = ?", (login,))[0][0]
@@ -369,23 +430,46 @@ class Arena:
 
     # -- judgments, export, leaderboard --------------------------------------------------------------
     def judgments(self) -> list[schema.Judgment]:
-        return [
-            schema.Judgment(
-                judgment_id=JUDGMENT_PREFIX + v["vote_id"],
-                judge=self.config.judge,
-                query_id=v["query_id"],
-                model_a=v["model_a"],
-                model_b=v["model_b"],
-                winner=v["winner"],
-                raw_output=_raw_output(v),
-                shown_first=v["left_model"],
-            )
-            for v in self.store.votes()
-        ]
+        """The votes as rows of the judgments config. A vote cast too fast has no winner (so `spanpref eval elo`
+        leaves it out, as the leaderboard does) and says why in `parse_error`; the side picked stays in the raw
+        output."""
+        out = []
+        for v in self.store.votes():
+            fast = self.too_fast(v)
+            out.append(schema.Judgment(
+                judgment_id=JUDGMENT_PREFIX + v["vote_id"], judge=self.config.judge, query_id=v["query_id"],
+                model_a=v["model_a"], model_b=v["model_b"], winner=None if fast else v["winner"],
+                raw_output=_raw_output(v), shown_first=v["left_model"],
+                parse_error=f"cast {v['seconds']:g} s after the battle was shown, under the minimum reading time of "
+                f"{self.config.min_seconds:g} s: not rated" if fast else "",
+            ))  # fmt: skip
+        return out
+
+    def judge_stats(self) -> list[schema.JudgeStats]:
+        """Per person: distinct battles shown (voted ones included: an exported vote restored into a new file
+        has no record of being shown), votes, votes counted and votes left out as too fast."""
+        stats: dict[str, schema.JudgeStats] = {}
+        seen: dict[str, set[tuple[str, str, str]]] = {}
+        for r in self.store.read("SELECT login, query_id, model_a, model_b FROM shown"):
+            seen.setdefault(r["login"], set()).add(tuple(r)[1:])
+        for v in self.store.votes():
+            s = stats.setdefault(v["login"], schema.JudgeStats(judge=self.config.judge, annotator=v["login"]))
+            seen.setdefault(v["login"], set()).add((v["query_id"], v["model_a"], v["model_b"]))
+            fast = self.too_fast(v)
+            s.votes += 1
+            s.votes_counted += not fast
+            s.votes_too_fast += fast
+            s.first_vote = v["created_at"] if s.first_vote is None else min(s.first_vote, v["created_at"])
+            s.last_vote = v["created_at"] if s.last_vote is None else max(s.last_vote, v["created_at"])
+        for login, battles in seen.items():
+            stats.setdefault(login, schema.JudgeStats(judge=self.config.judge, annotator=login)).battles_shown = len(
+                battles)  # fmt: skip
+        return [stats[k] for k in sorted(stats)]
 
     def export(self) -> int:
         """Write every vote to the repo's judgments config, atomically, replacing the rows this arena wrote before
-        (rows of other judges, or of this judge id from elsewhere, are kept). Returns the number of votes written."""
+        (rows of other judges, or of this judge id from elsewhere, are kept), and each person's counts to the
+        judge_stats config. Returns the number of votes written."""
         with self._export_lock:
             rows = [schema.to_row(j) for j in self.judgments()]
             repo = open_repo(self.config.folder)
@@ -393,8 +477,14 @@ class Arena:
             splits = {s: [r for r in rs if not self._is_ours(r)] for s, rs in splits.items()}
             splits["train"] = splits.get("train", []) + rows
             splits = {s: rs for s, rs in splits.items() if rs}
-            if splits:
-                repo.write({schema.JUDGMENTS: splits})  # validated against the data contract before writing
+            stats = [r for r in (repo.read(schema.JUDGE_STATS) if repo.has(schema.JUDGE_STATS) else [])
+                     if r["judge"] != self.config.judge]  # fmt: skip
+            stats += [schema.to_row(s) for s in self.judge_stats()]
+            configs: dict[str, Any] = {schema.JUDGMENTS: splits} if splits else {}
+            if stats:
+                configs[schema.JUDGE_STATS] = stats
+            if configs:
+                repo.write(configs)  # validated against the data contract before writing
             self._votes_since_export = 0
         logger.info("arena: exported %d judgments to %s", len(rows), self.config.folder)
         return len(rows)
@@ -403,7 +493,7 @@ class Arena:
         """Elo ratings from the votes, by the same code as `spanpref eval elo`."""
         from spanpref.evaluation.elo import compute_ratings
 
-        rows = [schema.to_row(j) for j in self.judgments()]
+        rows = [schema.to_row(j) for j in self.judgments() if j.winner is not None]
         if not rows:
             return []
         return compute_ratings(rows, judge=self.config.judge, rounds=self.config.rounds, seed=0, prior=prior)
@@ -420,6 +510,36 @@ class Arena:
             caveat = ("Few votes so far: some model has not yet lost or tied against the others, so the ratings "
                       "include one virtual tie between every pair of models.")  # fmt: skip
             return self.ratings(prior=1.0), caveat
+
+
+class RateLimit:
+    """At most `limit` events per key in any `window` seconds (`limit` 0: no limit; key None: not limited). Kept
+    in memory: a restart forgets the last minute, which is all a limit of votes per minute needs."""
+
+    def __init__(self, limit: int, window: float = 60.0):
+        self.limit, self.window = limit, window
+        self._events: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, key: str | None, now: float) -> float:
+        """Seconds until `key` may act again (0: now)."""
+        if self.limit <= 0 or key is None:
+            return 0.0
+        with self._lock:
+            events = self._events.get(key)
+            while events and events[0] <= now - self.window:
+                events.popleft()
+            if not events or len(events) < self.limit:
+                return 0.0
+            return max(events[0] + self.window - now, 1.0)
+
+    def record(self, key: str | None, now: float) -> None:
+        if self.limit <= 0 or key is None:
+            return
+        with self._lock:
+            if len(self._events) > 10_000:  # forget keys that went quiet, or addresses pile up forever
+                self._events = {k: q for k, q in self._events.items() if q and q[-1] > now - self.window}
+            self._events.setdefault(key, deque()).append(now)
 
 
 def _raw_output(vote: dict[str, Any]) -> str:
@@ -489,8 +609,8 @@ def schedule_hub_push(arena: Arena, *, hf_api: Any = None, token: str | None = N
                     path_in_repo=self.path_in_repo or None,
                     commit_message=f"spanpref arena: {n} votes",
                     ignore_patterns=self.ignore_patterns,
-                    # judgments shards are named by content hash: drop the old ones
-                    delete_patterns=[f"data/{schema.JUDGMENTS}/*"],
+                    # shards are named by content hash: drop the old ones of the configs an export rewrites
+                    delete_patterns=[f"data/{schema.JUDGMENTS}/*", f"data/{schema.JUDGE_STATS}/*"],
                 )
                 self.pushed_votes = n
                 return info
@@ -522,7 +642,8 @@ def build_app(config: ArenaConfig, arena: Arena | None = None) -> Any:
         with gr.Tab("Judge"):
             with gr.Group(visible=True) as login_box:
                 if arena.oauth:
-                    gr.LoginButton()
+                    if on_spaces():  # outside a Space, gradio's mocked OAuth needs a saved HF token
+                        gr.LoginButton()
                 else:
                     name_box = gr.Textbox(label="Name", elem_id="arena-login", max_length=DEFAULT_BOUNDS.name)
                     password_box = gr.Textbox(label="Password (a new name is yours with the first password you give)",
@@ -607,22 +728,25 @@ def build_app(config: ArenaConfig, arena: Arena | None = None) -> Any:
             return screen(new, text, who, render_battle(arena.data, assignment))
 
         def voter(choice: str) -> Any:
-            def handler(state: dict | None, why: str) -> dict:
+            def handler(state: dict | None, why: str, request: gr.Request) -> dict:
                 try:
                     login = arena.auth.resolve((state or {}).get("token"))
                     if not state.get("battle"):
                         raise UserError("no battle on screen")
+                    # shown_at was set by the server when it sent the battle: the page cannot shorten it
                     seconds = round(time.time() - state["shown_at"], 2)
-                    arena.vote(login, Battle(*state["battle"]), choice, why, seconds)
+                    arena.vote(login, Battle(*state["battle"]), choice, why, seconds, address=client_address(request))
                 except UserError as e:
                     return {**view(state, str(e)), rationale: gr.update()}  # keep the text, e.g. to shorten it
                 return view(state, "Vote recorded; here is the next battle.")
 
+            # gradio finds the request parameter by its annotation, which postponed annotations leave a string
+            handler.__annotations__["request"] = gr.Request
             return handler
 
-        a_button.click(voter(CHOICE_LEFT), [session, rationale], view_outputs)
-        b_button.click(voter(CHOICE_RIGHT), [session, rationale], view_outputs)
-        confirm_button.click(voter(CHOICE_TIE), [session, rationale], view_outputs)
+        a_button.click(voter(CHOICE_LEFT), [session, rationale], view_outputs, api_name="vote_a")
+        b_button.click(voter(CHOICE_RIGHT), [session, rationale], view_outputs, api_name="vote_b")
+        confirm_button.click(voter(CHOICE_TIE), [session, rationale], view_outputs, api_name="vote_tie")
         asking = [vote_row, confirm_row]
         tie_button.click(lambda: [gr.update(visible=False), gr.update(visible=True)], None, asking)
         cancel_button.click(lambda: [gr.update(visible=True), gr.update(visible=False)], None, asking)
@@ -636,6 +760,7 @@ def build_app(config: ArenaConfig, arena: Arena | None = None) -> Any:
                     return screen(None, str(e))
                 return view({"token": token})
 
+            on_load.__annotations__["request"] = gr.Request  # (as for the vote handlers above)
             demo.load(on_load, None, view_outputs)
         else:
             # The session token also lives in the browser (localStorage, encrypted by gradio), so that a reload
@@ -676,9 +801,10 @@ def build_app(config: ArenaConfig, arena: Arena | None = None) -> Any:
             # where the votes are kept stays on the server: file and folder names are nobody's business here
             where = f"{arena.store.count()} votes, exported to the {schema.JUDGMENTS} config (judge {config.judge!r})."
             ratings, caveat = arena.leaderboard()
+            rule = arena.reading_rule()
             if not ratings:
-                return ["<p>No votes yet.</p>", note(where)]
-            return [render_leaderboard(ratings), note(" ".join(filter(None, (caveat, where))))]
+                return ["<p>No votes counted yet.</p>", note(" ".join(filter(None, (rule, where))))]
+            return [render_leaderboard(ratings), note(" ".join(filter(None, (caveat, rule, where))))]
 
         def export(state: dict | None) -> list[str]:
             if (arena.restricted or arena.oauth) and not logged_in(state):
@@ -724,7 +850,9 @@ def space_config(environ: Any = None) -> ArenaConfig:
     - SPANPREF_ARENA_PUSH: Hub dataset id the folder, with the judgments, is pushed to (default: the dataset id
       the data came from; none for a local folder);
     - SPANPREF_JUDGES: comma-separated names allowed to judge (default: anyone who signs in);
-    - SPANPREF_ACCESS_CODE: a code local logins must give.
+    - SPANPREF_ACCESS_CODE: a code local logins must give;
+    - SPANPREF_MIN_SECONDS, SPANPREF_VOTES_PER_MINUTE, SPANPREF_ADDRESS_VOTES_PER_MINUTE: the open arena's rules
+      (see `ArenaConfig`; default 4 s, 10 and 30).
     State (the SQLite file, the downloaded folder) goes to /data when the Space has persistent storage.
     """
     env = os.environ if environ is None else environ
@@ -740,7 +868,10 @@ def space_config(environ: Any = None) -> ArenaConfig:
         folder = Path(snapshot_download(source, repo_type="dataset", local_dir=state / "arena-data"))
         push = push or source
     judges = [j.strip() for j in env.get("SPANPREF_JUDGES", "").split(",") if j.strip()] or None
-    return ArenaConfig(folder=str(folder), db=str(state / "arena.sqlite"), judges=judges, hub_repo=push)
+    rules = {name: kind(env[var]) for name, var, kind in (
+        ("min_seconds", "SPANPREF_MIN_SECONDS", float), ("votes_per_minute", "SPANPREF_VOTES_PER_MINUTE", int),
+        ("address_votes_per_minute", "SPANPREF_ADDRESS_VOTES_PER_MINUTE", int)) if env.get(var)}  # fmt: skip
+    return ArenaConfig(folder=str(folder), db=str(state / "arena.sqlite"), judges=judges, hub_repo=push, **rules)
 
 
 def build_space_app(environ: Any = None) -> Any:

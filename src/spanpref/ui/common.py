@@ -374,6 +374,21 @@ def oauth_username(request: Any) -> str | None:
     return (info.get("userinfo") or {}).get("preferred_username")
 
 
+def client_address(request: Any) -> str | None:
+    """The address a request came from. In a Space the app sits behind Hugging Face's proxy, so the socket's peer
+    is the proxy and the caller is the first entry of X-Forwarded-For (which a caller can forge: a limit by
+    address slows crowds down, the limit per signed-in judge is the one that holds). Elsewhere the header is only
+    what the client wrote, so the peer is used."""
+    if request is None:
+        return None
+    if on_spaces():
+        forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
+        if forwarded:
+            return forwarded
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Gradio glue
 # ---------------------------------------------------------------------------------------------------
