@@ -292,20 +292,32 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
             self._signature_columns = [*GROUP_COLUMNS, REF_COLUMN]
 
     def _reference_forward(self, inputs: dict) -> torch.Tensor:
+        import contextlib
+
         from spanpref.training.grouped import response_logps
 
-        model = self.ref_model
-        if model is None and self.is_deepspeed_enabled and getattr(self, "_precompute_engine", None) is not None:
-            model = self._precompute_engine
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
-                self.accelerator.autocast():  # fmt: skip
-            if model is None and is_peft_model(self.model):
+        model, adapter = self.ref_model, contextlib.nullcontext()
+        if model is None:
+            model = self.model
+            if self.is_deepspeed_enabled and not self.model_wrapped_by_trainer():
+                # before train() a ZeRO-sharded policy cannot be called directly: score through an inference engine,
+                # as TRL's own precompute does
+                if getattr(self, "_precompute_engine", None) is None:
+                    from trl.models import prepare_deepspeed
+
+                    self._precompute_engine = prepare_deepspeed(self.model, self.accelerator)
+                model = self._precompute_engine
+            if is_peft_model(self.model):
                 # a fresh adapter: the base model is the reference; a re-trained adapter keeps its copy as "ref"
                 unwrapped = self.accelerator.unwrap_model(self.model)
-                with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                    return response_logps(self.model, inputs, self._attn_implementation(self.model))
-            model = model or self.model
+                adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
+                adapter, self.accelerator.autocast():  # fmt: skip
             return response_logps(model, inputs, self._attn_implementation(model))
+
+    def model_wrapped_by_trainer(self) -> bool:
+        """Whether train() has prepared the model (before it, a DeepSpeed policy cannot be called directly)."""
+        return self.model_wrapped is not self.model
 
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         """Reference log-probs of every response of every group, computed once (ranks share the work) and kept on
