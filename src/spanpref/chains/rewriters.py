@@ -1,14 +1,18 @@
-"""The two rewriters that turn one annotated response into an improvement chain a0 -> a1 -> ... -> a*.
+"""The rewriters that turn one annotated response into an improvement chain a0 -> a1 -> ... -> a*.
 
 - `paper` (CH-Wang et al. 2025, appendix A): one call sees the whole response with like/dislike tags and
   writes every step; each step must drop the tag it fixed and keep the others.
 - `local` (ours): one call per dislike span; the model sees the span marked in the current text and returns
   only the rewritten passage (the span widened to its sentence), which is spliced in. Offsets of the later
   spans are carried through each edit, so the model never has to copy the rest of the response.
+- `mixed`: `local`, with the annotator's suggested fix as the step of every span that has one.
+- `human`: no model; the annotation's correction, aligned with a0 (`spanpref.chains.human`).
 
-Both check every step with `spanpref.chains.validate`, retry a failing chain (paper) or step (local) with a
-new seed, and reject it after `max_attempts` with the recorded reason. Rewriters are configured by data:
-`recipes/rewriters/<name>/config.yaml` + `prompt.txt`.
+The model rewriters check every step with `spanpref.chains.validate`, retry a failing chain (paper) or step
+(local) with a new seed, and reject it after `max_attempts` with the recorded reason. Their levers, each a
+config key: `structured` (JSON through the backend's `response_format`), `candidates` (local: several replies
+per step, the best valid one kept) and `prefill` (local: the reply starts with the unchanged text before the
+span). Rewriters are configured by data: `recipes/rewriters/<name>/config.yaml` + prompt files.
 """
 
 from __future__ import annotations
