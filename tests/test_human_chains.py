@@ -222,3 +222,24 @@ def test_mixed_takes_the_fix_where_there_is_one_and_the_model_elsewhere():
     assert s.text[nxt.start : nxt.end] == "Ariana sang on it." and not nxt.fix
     rw._apply(s, *sentence_window(s.text, nxt.start, nxt.end, 400), Completion("DELETE", 10, 2, "stop"))
     assert s.texts[-1] == "Bloom is an album. It came out in 2018." and s.pending == []
+
+
+def test_the_bundled_corrections_give_valid_chains_that_end_exactly_at_them(tmp_path):
+    from spanpref.chains.build import build_chains
+    from spanpref.importers.qa_feedback import import_qa_feedback
+
+    import_qa_feedback("bundled", tmp_path / "qaf")
+    report = build_chains(str(tmp_path / "qaf"), "human", None, progress=False)
+    repo = DatasetRepo(tmp_path / "qaf")
+    annotations = {a["annotation_id"]: a for a in repo.read(schema.ANNOTATIONS)}
+    chains = repo.read(schema.CHAINS)
+    touched = [c for c in chains if reason_code(c["reject_reason"]) not in ("no_correction", "untouched")]
+    valid = [c for c in chains if c["status"] == "ok"]
+    assert report.annotations == 284 and len(valid) >= 0.95 * len(touched) and len(touched) >= 270
+    for c in valid:
+        assert c["steps"][-1]["text"] == annotations[c["annotation_id"]]["reference_rewrite"]
+        assert [s["span_id"] for s in c["steps"] if s["span_id"] != OUTSIDE_SPAN] == sorted(
+            (s["span_id"] for s in c["steps"] if s["span_id"] != OUTSIDE_SPAN),
+            key=lambda sid: next((x["start"], x["end"], x["span_id"]) for x in annotations[c["annotation_id"]]["spans"]
+                                 if x["span_id"] == sid),
+        )  # fmt: skip
