@@ -562,9 +562,11 @@ def _is_user_error(e: Exception) -> bool:
     return isinstance(e, CLIError | ValueError | HubAuthError | ValidationError | FileNotFoundError | StageError)
 
 
-# `spanpref eval ...` and `spanpref rewards ...` register themselves (they use the helpers above, so come last)
+# `spanpref eval ...`, `spanpref rewards ...` and `spanpref space ...` register themselves (they use the helpers
+# above, so come last)
 import spanpref.evaluation.commands  # noqa: E402,F401
 import spanpref.rewards.commands  # noqa: E402,F401
+import spanpref.ui.commands  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())
