@@ -452,7 +452,8 @@ def lock_down(demo: Any) -> Any:
         app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(RefuseUploads)]
         # raw exception text can name files and folders of the server; user-facing errors are returned as values
         kwargs.setdefault("show_error", False)
-        return launch(*args, app_kwargs=app_kwargs, max_file_size=0, **kwargs)
+        kwargs["max_file_size"] = 0  # whatever the caller asked for: there is no file input to fill
+        return launch(*args, app_kwargs=app_kwargs, **kwargs)
 
     demo.launch = locked_launch
     return demo
