@@ -130,3 +130,15 @@ def test_the_handlers_that_need_the_request_get_it(folder, tmp_path):
     demo = build_app(ArenaConfig(folder=str(folder), db=str(tmp_path / "o.sqlite"), oauth=True))
     wanting = {f.name for f in demo.fns.values() if "request" in gradio.utils.get_type_hints(f.fn)}
     assert {"on_load", "handler"} <= wanting
+
+
+def test_a_space_sets_the_guards_from_its_variables(folder, tmp_path, monkeypatch):
+    from spanpref.ui.arena import space_config
+
+    monkeypatch.chdir(tmp_path)
+    env = {"SPANPREF_ARENA_DATA": str(folder), "SPANPREF_MIN_SECONDS": "7.5", "SPANPREF_VOTES_PER_MINUTE": "4",
+           "SPANPREF_ADDRESS_VOTES_PER_MINUTE": "0", "SPANPREF_SESSION_HOURS": "2"}  # fmt: skip
+    cfg = space_config(env)
+    assert (cfg.min_seconds, cfg.votes_per_minute, cfg.address_votes_per_minute, cfg.session_hours) == (7.5, 4, 0, 2.0)
+    defaults = space_config({"SPANPREF_ARENA_DATA": str(folder)})
+    assert (defaults.min_seconds, defaults.votes_per_minute, defaults.address_votes_per_minute) == (4.0, 10, 30)

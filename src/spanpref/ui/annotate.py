@@ -781,7 +781,7 @@ def build_space_app() -> Any:
     """The app as a Hugging Face Space runs it, configured by Space variables (see spaces/annotate/README.md):
     `SPANPREF_ANNOTATE_DATA` (a Hub dataset id or a folder), `SPANPREF_ANNOTATE_PUSH` (dataset to push to;
     default: the data's id), `SPANPREF_ANNOTATORS` (comma-separated HF names; default: anyone signed in),
-    `SPANPREF_OVERLAP` and `SPANPREF_ITEMS_PER_ANNOTATOR`. State (database, working copy of the dataset) lives in
+    `SPANPREF_OVERLAP`, `SPANPREF_ITEMS_PER_ANNOTATOR` and `SPANPREF_SESSION_HOURS`. State (database, working copy of the dataset) lives in
     `SPANPREF_STATE_DIR`, by default /data when the Space has persistent storage, else ./annotate-state."""
     data = os.environ.get("SPANPREF_ANNOTATE_DATA")
     if not data:
@@ -802,6 +802,7 @@ def build_space_app() -> Any:
     config = AnnotateConfig(
         folder=str(folder), db=str(state / "annotate.sqlite"), oauth=True, hub_repo=push or None,
         overlap=int(os.environ.get("SPANPREF_OVERLAP", "5")), items_per_annotator=int(per) if per else None,
+        session_hours=float(os.environ.get("SPANPREF_SESSION_HOURS") or 12.0),
         annotators=[a.strip() for a in os.environ.get("SPANPREF_ANNOTATORS", "").split(",") if a.strip()] or None,
     )  # fmt: skip
     demo = build_app(config)

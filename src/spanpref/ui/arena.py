@@ -852,7 +852,7 @@ def space_config(environ: Any = None) -> ArenaConfig:
     - SPANPREF_JUDGES: comma-separated names allowed to judge (default: anyone who signs in);
     - SPANPREF_ACCESS_CODE: a code local logins must give;
     - SPANPREF_MIN_SECONDS, SPANPREF_VOTES_PER_MINUTE, SPANPREF_ADDRESS_VOTES_PER_MINUTE: the open arena's rules
-      (see `ArenaConfig`; default 4 s, 10 and 30).
+      (see `ArenaConfig`; default 4 s, 10 and 30); SPANPREF_SESSION_HOURS: how long a login lasts (12).
     State (the SQLite file, the downloaded folder) goes to /data when the Space has persistent storage.
     """
     env = os.environ if environ is None else environ
@@ -870,7 +870,8 @@ def space_config(environ: Any = None) -> ArenaConfig:
     judges = [j.strip() for j in env.get("SPANPREF_JUDGES", "").split(",") if j.strip()] or None
     rules = {name: kind(env[var]) for name, var, kind in (
         ("min_seconds", "SPANPREF_MIN_SECONDS", float), ("votes_per_minute", "SPANPREF_VOTES_PER_MINUTE", int),
-        ("address_votes_per_minute", "SPANPREF_ADDRESS_VOTES_PER_MINUTE", int)) if env.get(var)}  # fmt: skip
+        ("address_votes_per_minute", "SPANPREF_ADDRESS_VOTES_PER_MINUTE", int),
+        ("session_hours", "SPANPREF_SESSION_HOURS", float)) if env.get(var)}  # fmt: skip
     return ArenaConfig(folder=str(folder), db=str(state / "arena.sqlite"), judges=judges, hub_repo=push, **rules)
 
 
