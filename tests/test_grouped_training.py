@@ -360,3 +360,17 @@ def test_two_process_grouped_run_with_accumulation_and_precomputed_reference_mov
     assert results["train"]["train_loss"] > 0
     card = (out / "README.md").read_text()
     assert "| launch | MULTI_CPU, 2 processes on cpu |" in card and "| batching | grouped:" in card
+
+
+def test_a_validation_split_with_nothing_that_fits_leaves_training_without_validation(tiny_models):
+    from spanpref.training.trainer import GroupedDPOTrainer, SpanprefDPOConfig
+
+    args = SpanprefDPOConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[], max_length=512,
+                             per_device_train_batch_size=2, save_strategy="no", eval_strategy="steps", eval_steps=1,
+                             eval_on_start=True, loss_type=["apo_down"])  # fmt: skip
+    too_long = _pair("What is a delta?", "Land at a river mouth. " * 200, "A letter.")
+    trainer = GroupedDPOTrainer(model=str(tiny_models["llama"]), args=args,
+                                train_dataset=datasets.Dataset.from_list(PAIRS),
+                                eval_dataset=datasets.Dataset.from_list([too_long]))  # fmt: skip
+    assert trainer.grouping["eval"]["dropped_pairs"] == 1 and trainer.grouping["train"]["pairs"] == len(PAIRS)
+    assert trainer.eval_dataset is None and args.eval_strategy == "no" and not args.eval_on_start

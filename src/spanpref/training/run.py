@@ -290,7 +290,7 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     results["seconds"] = time.perf_counter() - started - results.get("before", {}).get("eval_runtime", 0.0)
     if trainer.state.global_step:
         results["seconds_per_step"] = results["seconds"] / trainer.state.global_step
-    if eval_ds is not None:
+    if trainer.eval_dataset is not None:
         results["after"] = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
     if script_args.merge_adapters and model_args.use_peft and main_process:

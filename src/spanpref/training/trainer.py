@@ -241,6 +241,11 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
                 pad_to_multiple_of=training_args.pad_to_multiple_of,
             )  # fmt: skip
         super().__init__(*args, **kwargs)
+        if self.eval_dataset is not None and not isinstance(self.eval_dataset, dict) and len(self.eval_dataset) == 0:
+            # every validation pair was too long: train without validation rather than fail on an empty split
+            self.eval_dataset = None
+            self.args.eval_strategy = "no"
+            self.args.eval_on_start = False
         if not self._uses_own_loss():
             raise ValueError(f"grouped training implements the losses {sorted(LOSSES)} without f_divergence_type, "
                              f"use_weighting, ld_alpha or MoE aux losses (got loss_type {self.loss_types}); set "
@@ -280,9 +285,15 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
                            "their prompt; raise max_length or shorten the documents (max_document_chars)",
                            dataset_name, stats.dropped_pairs, stats.pairs_in, stats.dropped_responses,
                            max_length)  # fmt: skip
-        if not rows:
+        if not rows and dataset_name == "train":
             raise ValueError(f"{dataset_name}: none of the {stats.pairs_in} pairs fits max_length {max_length} "
                              "(prompt + response); raise max_length or shorten the documents (max_document_chars)")  # fmt: skip
+        if not rows:
+            logger.warning("%s: none of the %d pairs fits max_length %s: no validation metrics", dataset_name,
+                           stats.pairs_in, max_length)  # fmt: skip
+        if not rows:
+            features = _group_features()
+            return Dataset.from_dict({name: [] for name in features}, features=features)
         return Dataset.from_list(rows)
 
     def _set_signature_columns_if_needed(self):
@@ -391,6 +402,13 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
         count = max(sums[-1].item(), 1.0)
         for name, total in zip(metrics, sums[:-1].tolist(), strict=True):
             self._metrics[mode][name].append(total / count)
+
+
+def _group_features():
+    from datasets import Features, Sequence, Value
+
+    return Features({"prompt_ids": Sequence(Value("int64")), "response_ids": Sequence(Sequence(Value("int64"))),
+                     "chosen_index": Sequence(Value("int64")), "rejected_index": Sequence(Value("int64"))})  # fmt: skip
 
 
 def _unflatten(values, lengths: list[int]) -> list[list[float]]:
