@@ -17,8 +17,10 @@ def test_reduced_demo_end_to_end_then_resume(tmp_path, capsys):
     run = tmp_path / "demo"
     # Reduced: the rewriter is the bundled SmolLM2 on llama.cpp as in the full demo, but the tuned and evaluated
     # model is the tiny random Llama, so the three training runs and the generation take seconds, not minutes.
+    # max_length 2048: the tiny 1,000-token tokenizer makes a prompt + answer ~1,000-1,400 tokens, and grouped
+    # training drops (and counts) what does not fit instead of cutting it.
     argv = ["demo", "--output", str(run), "--examples", "12", "--train-steps", "2", "--eval-prompts", "3",
-            "--eval-max-new-tokens", "24", "--rounds", "200", "--max-length", "1024",
+            "--eval-max-new-tokens", "24", "--rounds", "200", "--max-length", "2048",
             "--model", "spanpref/tiny-llama"]  # fmt: skip
     assert main(argv) == 0
     state = json.loads((run / "demo.json").read_text())
