@@ -21,7 +21,7 @@ SETTINGS = {"local": (2, 2), "paper": (1, 16)}
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (1 when the cores are shared)")
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (1 when other work runs on the cores)")
     parser.add_argument("--rewriters", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--max-document-chars", type=int, default=2000)
     args = parser.parse_args()
