@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _http import reply_json
 
 from spanpref import schema
 from spanpref.evaluation.judges import (
@@ -116,15 +117,10 @@ class EchoingJudge:
                 outer.formats.append(body.get("response_format"))
                 reply = outer.reply_json(body["messages"]) if body.get("response_format") else outer.reply(
                     body["messages"])  # fmt: skip
-                data = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                                   "choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": reply}}],
-                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()  # fmt: skip
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": reply}}],
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})  # fmt: skip
 
             def log_message(self, *args):
                 pass

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _http import reply_json
 from rouge_score import rouge_scorer
 
 from spanpref import schema
@@ -280,12 +281,7 @@ class RecordingOpenAI:
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": outer.REPLY}}],
                          "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}  # fmt: skip
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply_json(self, reply)
 
             def log_message(self, *args):
                 pass
