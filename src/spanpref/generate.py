@@ -17,6 +17,7 @@ from typing import Any
 
 from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig, GenerationError
+from spanpref.errors import SpanprefError
 from spanpref.journal import Journal
 from spanpref.prompts import load_prompt, truncate_text
 from spanpref.repo import DatasetRepo, RepoError, open_repo
@@ -68,7 +69,7 @@ class StageReport:
         return text
 
 
-class StageError(RuntimeError):
+class StageError(SpanprefError, RuntimeError):
     pass
 
 

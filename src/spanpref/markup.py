@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from spanpref.errors import InputError
 from spanpref.schema import DISLIKE, LIKE, POLARITIES, Span
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-class MarkupError(ValueError):
+class MarkupError(InputError):
     """Tagged text that cannot be parsed, or spans that cannot be rendered. The message says where and why."""
 
 

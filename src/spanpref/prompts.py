@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from spanpref.errors import UsageError
+
 _SECTION = re.compile(r"^### (system|user|assistant)\s*$", re.M)
 _SLOT = re.compile(r"\{\{(\w+)\}\}")
 
 
-class PromptError(ValueError):
+class PromptError(UsageError):
     pass
 
 

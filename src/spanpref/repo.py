@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spanpref import schema
+from spanpref.errors import InputError, SpanprefError
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,11 @@ _CARD_ADVICE = ("A dataset repo's README.md starts with YAML front matter betwee
 _SPLIT_NAME = re.compile(r"\w+(\.\w+)*")  # the split names `datasets` accepts
 
 
-class RepoError(ValueError):
+class RepoError(InputError):
     pass
 
 
-class HubAuthError(RuntimeError):
+class HubAuthError(SpanprefError, RuntimeError):
     pass
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import datasets
 
+from spanpref.errors import InputError
+
 # ---------------------------------------------------------------------------------------------------
 # Config names (one constant each; stages refer to these, never to string literals)
 # ---------------------------------------------------------------------------------------------------
@@ -416,7 +418,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class ValidationError(ValueError):
+class ValidationError(InputError):
     """Rows that break the data contract. `problems` lists every one found."""
 
     def __init__(self, problems: list[Problem], limit: int = 20):

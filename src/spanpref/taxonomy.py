@@ -13,12 +13,13 @@ from pathlib import Path
 
 import yaml
 
+from spanpref.errors import UsageError
 from spanpref.schema import DISLIKE, LIKE, POLARITIES
 
 DEFAULT_TAXONOMY = "default"
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(UsageError):
     pass
 
 

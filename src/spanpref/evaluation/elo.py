@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from spanpref.errors import InputError
 from spanpref.schema import WINNER_A, WINNER_B, WINNER_TIE, WINNERS
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 _SCORE = {WINNER_A: 1.0, WINNER_B: 0.0, WINNER_TIE: 0.5}
 
 
-class DegenerateDataError(ValueError):
+class DegenerateDataError(InputError):
     """The judgments do not determine finite, unique ratings (see the module docstring)."""
 
 
@@ -383,3 +384,58 @@ def compute_ratings(
     best = next(iter(point.values()))
     n = battles.counts_per_model()
     return [Rating(model=m, judge=judge_id, rating=r, n_judgments=n[m], diff=r - best) for m, r in point.items()]
+
+
+@dataclass
+class JudgeRatings:
+    """One judge's table: its ratings (best first) and how many of its judgments had no verdict."""
+
+    judge: str
+    ratings: list[Any]
+    judgments: int
+    unparsable: int
+
+
+def rate_judgments(
+    judgments: Iterable[Mapping[str, Any]] | Any,
+    *,
+    judge: str | None = None,
+    rounds: int = 1000,
+    seed: int = 0,
+    anchor: str | None = None,
+    prior: float = 0.0,
+) -> list[JudgeRatings]:
+    """One rating table per judge (only `judge`'s when given), by one rule for every caller: `spanpref eval elo`,
+    the demo, the reproduction and the arena's leaderboard. Judges are never pooled: a machine judge and people
+    disagree in scale, and a pooled fit would hide that."""
+    rows = _rows_of(judgments)
+    judges = [judge] if judge else sorted({r["judge"] for r in rows})
+    tables = []
+    for j in judges:
+        mine = [r for r in rows if r["judge"] == j]
+        if not mine:
+            raise DegenerateDataError(f"no judgments by judge {j!r}; judges present: {sorted({r['judge'] for r in rows})}")
+        try:
+            ratings = compute_ratings(mine, judge=j, rounds=rounds, seed=seed, anchor=anchor, prior=prior)
+        except DegenerateDataError as e:
+            raise DegenerateDataError(f"judge {j}: {e}") from e
+        tables.append(JudgeRatings(j, ratings, len(mine), sum(r["winner"] is None for r in mine)))
+    return tables
+
+
+def update_ratings(folder: str | Any, **options: Any) -> list[JudgeRatings]:
+    """Rate a dataset repo's `judgments` config (options as for `rate_judgments`) and write its `ratings` config;
+    with one `judge`, the other judges' tables already there are kept."""
+    from spanpref import schema
+    from spanpref.errors import MissingInputError
+    from spanpref.repo import open_repo
+
+    repo = open_repo(folder)
+    if not repo.has(schema.JUDGMENTS):
+        raise MissingInputError(f"{repo.path} has no judgments config; run `spanpref eval judge` first")
+    tables = rate_judgments(repo.read(schema.JUDGMENTS), **options)
+    rows = [schema.to_row(r) for t in tables for r in t.ratings]
+    if options.get("judge") and repo.has(schema.RATINGS):
+        rows = [r for r in repo.read(schema.RATINGS) if r["judge"] != options["judge"]] + rows
+    repo.write({schema.RATINGS: rows})
+    return tables

@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from spanpref import schema
+from spanpref.errors import SpanprefError
 from spanpref.prompts import PromptTemplate, parse_prompt, truncate_text
 from spanpref.repo import RepoError, open_repo
 
@@ -145,7 +146,7 @@ class Verdict:
 OnVerdict = Callable[[int, Verdict], None]
 
 
-class JudgeError(RuntimeError):
+class JudgeError(SpanprefError, RuntimeError):
     """The judge could not run at all (as opposed to one unparsable verdict)."""
 
 

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from spanpref import schema
+from spanpref.errors import InputError
 from spanpref.repo import DatasetRepo, RepoError
 
 logger = logging.getLogger(__name__)
 
 
-class DocumentSourceError(ValueError):
+class DocumentSourceError(InputError):
     pass
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spanpref import schema
+from spanpref.errors import InputError
 from spanpref.repo import DatasetRepo, RepoError
 from spanpref.taxonomy import QAFeedbackMapping, Taxonomy, load_qa_feedback_mapping, load_taxonomy
 
@@ -36,7 +37,7 @@ CONFIGS = (schema.DOCUMENTS, schema.QUERIES, schema.RESPONSES, schema.ANNOTATION
            schema.REFERENCES)  # fmt: skip
 
 
-class InvalidRecordError(ValueError):
+class InvalidRecordError(InputError):
     """A qa-feedback record that cannot be converted; the message names the file, the index and why."""
 
 

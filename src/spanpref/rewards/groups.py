@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from spanpref.errors import UsageError
 from spanpref.rewards.segment import LEVELS, RESPONSE, Segment, split_segments
 from spanpref.schema import DISLIKE
 from spanpref.taxonomy import Taxonomy, load_taxonomy
@@ -22,7 +23,7 @@ from spanpref.taxonomy import Taxonomy, load_taxonomy
 DEFAULT_GROUPS = "default"
 
 
-class GroupConfigError(ValueError):
+class GroupConfigError(UsageError):
     pass
 
 

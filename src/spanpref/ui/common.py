@@ -40,10 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spanpref.errors import SpanprefError
+
 logger = logging.getLogger(__name__)
 
 
-class UserError(ValueError):
+class UserError(SpanprefError, ValueError):
     """A problem the user can fix (bad input, not logged in); its message is shown in the page."""
 
 
