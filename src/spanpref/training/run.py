@@ -11,8 +11,6 @@ Run it as `accelerate launch [--config_file recipes/accelerate_configs/ddp.yaml]
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import sys
@@ -21,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from spanpref.io import RESULTS_FILE, save_resolved_config, write_json
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("sft", "dpo")
-RESULTS_FILE = "spanpref_results.json"
-RESOLVED_CONFIG_FILE = "spanpref_run.yaml"
 
 
 @dataclass
@@ -124,24 +120,6 @@ def dataset_fingerprint(script_args: ScriptArguments, stage: str) -> str:
     config = script_args.dataset_config or DEFAULT_CONFIG[stage]
     shards = sorted(p.name for p in (folder / "data" / config).glob("*.parquet")) if folder.is_dir() else []
     return ", ".join(shards) or "main"
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def save_resolved_config(output_dir: str, stage: str, script_args, training_args, model_args) -> Path:
-    path = Path(output_dir) / RESOLVED_CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    resolved = {
-        "stage": stage,
-        "command": " ".join(sys.argv),
-        "script": _jsonable(dataclasses.asdict(script_args)),
-        "model": _jsonable(dataclasses.asdict(model_args)),
-        "training": _jsonable(training_args.to_dict()),
-    }
-    path.write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def _last_checkpoint(output_dir: str) -> str | None:
@@ -276,7 +254,9 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     logger.info("training on %d process(es) (%s)", trainer.accelerator.num_processes,
                 trainer.accelerator.distributed_type)  # fmt: skip
     if main_process:
-        save_resolved_config(training_args.output_dir, stage, script_args, training_args, model_args)
+        save_resolved_config(
+            training_args.output_dir, stage=stage, script=script_args, model=model_args, training=training_args
+        )
 
     results: dict[str, Any] = {"stage": stage, **count_training_rows(trainer, train_ds, eval_ds)}
     if resume:
@@ -299,7 +279,7 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     if main_process:
         from spanpref.cards import write_model_card
 
-        (Path(training_args.output_dir) / RESULTS_FILE).write_text(json.dumps(_jsonable(results), indent=2))
+        write_json(Path(training_args.output_dir) / RESULTS_FILE, results)
         write_model_card(training_args.output_dir, stage=stage, base_model=base_model, script_args=script_args, training_args=training_args,
                          model_args=model_args, results=results, world_size=trainer.accelerator.num_processes,
                          launch=describe_launch(trainer.accelerator),
