@@ -16,11 +16,9 @@ against hand-computed values.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from spanpref.io import RESULTS_FILE, save_resolved_config, write_json
 
 logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "rl_history.jsonl"
-RESULTS_FILE = "spanpref_results.json"
-RESOLVED_CONFIG_FILE = "spanpref_run.yaml"
 PLOT_FILE = "reward_curve.png"
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -294,9 +291,7 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
     set_seed(args.seed)
     out_dir = Path(args.output_dir)
     if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"command": " ".join(sys.argv), "rl": json.loads(json.dumps(dataclasses.asdict(args), default=str))}
-        (out_dir / RESOLVED_CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
+        save_resolved_config(out_dir, rl=args)
 
     path = resolve_model(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -435,7 +430,7 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
         if args.plot and history:
             results["plot"] = str(plot_reward_curve(history, out_dir / PLOT_FILE))
         summary = {k: v for k, v in results.items() if k != "history"}
-        (out_dir / RESULTS_FILE).write_text(json.dumps(summary, indent=2))
+        write_json(out_dir / RESULTS_FILE, summary)
     results["model"] = accelerator.unwrap_model(model)
     results["tokenizer"] = tokenizer
     return results

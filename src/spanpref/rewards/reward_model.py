@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -38,14 +37,13 @@ import numpy as np
 import yaml
 
 from spanpref import schema
+from spanpref.io import RESULTS_FILE, save_resolved_config, write_json
 from spanpref.rewards.groups import RewardGroup, label_segments, load_groups
 from spanpref.rewards.segment import Segment, split_segments
 
 logger = logging.getLogger(__name__)
 
 REWARD_META_FILE = "spanpref_reward.json"
-RESULTS_FILE = "spanpref_results.json"
-RESOLVED_CONFIG_FILE = "spanpref_run.yaml"
 ID2LABEL = {0: "ok", 1: "error"}
 IGNORE = -100
 CONTEXTS = ("none", "query", "query_document")
@@ -476,7 +474,7 @@ def train_reward_models(args: RewardModelArguments, training_args, model_args, *
     out_dir = Path(training_args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if main_process:
-        _save_resolved_config(out_dir, args, training_args, model_args)
+        save_resolved_config(out_dir, script=args, model=model_args, training=training_args)
     results: dict[str, Any] = {"base_model": base_model, "dataset": args.dataset_name, "groups": {}}
     cache: dict[str, Any] = {}
     for group in groups:
@@ -492,7 +490,7 @@ def train_reward_models(args: RewardModelArguments, training_args, model_args, *
             _save_group(out_dir / group.name, model, tokenizer, group, res, args, training_args, base_model,
                         group_config.taxonomy, api)  # fmt: skip
     if main_process:
-        (out_dir / RESULTS_FILE).write_text(json.dumps(_jsonable(results), indent=2))
+        write_json(out_dir / RESULTS_FILE, results)
     return results
 
 
@@ -515,16 +513,6 @@ def _save_group(folder: Path, model, tokenizer, group: RewardGroup, res: dict[st
                                     private=bool(training_args.hub_private_repo), api=api,
                                     commit_message=f"spanpref: {group.name} reward model")  # fmt: skip
         logger.info("pushed %s to %s", folder, res["pushed"])
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def _save_resolved_config(out_dir: Path, args, training_args, model_args) -> None:
-    resolved = {"command": " ".join(sys.argv), "script": _jsonable(dataclasses.asdict(args)),
-                "model": _jsonable(dataclasses.asdict(model_args)), "training": _jsonable(training_args.to_dict())}  # fmt: skip
-    (out_dir / RESOLVED_CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
 
 
 def _fmt(v: Any) -> str:
