@@ -15,6 +15,7 @@ from spanpref.backends.base import (
     Usage,
     is_prefill,
 )
+from spanpref.backends.config import BackendConfig
 from spanpref.backends.openai_backend import OpenAIBackend
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def __getattr__(name: str):
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendConfig",
     "Completion",
     "GenerationConfig",
     "GenerationError",
