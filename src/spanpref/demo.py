@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from spanpref.io import write_json
+
 logger = logging.getLogger(__name__)
 
 STAGES = ("import", "chains", "pairs", "sft", "apo_down", "dpo_ab", "generate", "judge", "elo")
@@ -72,9 +74,7 @@ class DemoState:
         return cls(**json.loads(path.read_text())) if path.is_file() else cls()
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, path)
+        write_json(path, asdict(self))
 
 
 class Demo:

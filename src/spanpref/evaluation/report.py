@@ -7,6 +7,7 @@ rating with the bootstrap 95% interval of its difference from the best model, an
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import os
@@ -20,6 +21,7 @@ import numpy as np
 
 from spanpref import schema
 from spanpref.evaluation.elo import compute_ratings
+from spanpref.io import atomic_write_bytes, atomic_write_text
 from spanpref.repo import RepoError, open_repo
 
 logger = logging.getLogger(__name__)
@@ -262,11 +264,10 @@ def plot_ratings(report: EvalReport, path: str | os.PathLike) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.tmp")
-    fig.savefig(staged, format="png", dpi=120, bbox_inches="tight")  # long axis labels are not clipped
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120, bbox_inches="tight")  # long axis labels are not clipped
     plt.close(fig)
-    os.replace(staged, path)
-    return path
+    return atomic_write_bytes(path, png.getvalue())
 
 
 def write_report(
@@ -278,9 +279,7 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     png = plot_ratings(report, out / "ratings.png") if report.ratings else None
     md = out / "report.md"
-    staged = out / ".report.md.tmp"
-    staged.write_text(report.markdown(png.name if png else None), encoding="utf-8")
-    os.replace(staged, md)
+    atomic_write_text(md, report.markdown(png.name if png else None))
     return md, png
 
 

@@ -15,9 +15,9 @@ batch is [chosen; rejected] with `input_ids`, `attention_mask`, `completion_mask
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
+from spanpref.io import atomic_write_bytes
 from spanpref.training.losses import LOSSES, PreferenceLogps, compute_dpop_penalty
 
 TRAINING_MODES = ("grouped", "pairwise")
@@ -67,6 +68,13 @@ class SpanprefDPOConfig(DPOConfig):
         if self.training_mode not in TRAINING_MODES:
             raise ValueError(f"unknown training_mode {self.training_mode!r}; choose from {list(TRAINING_MODES)}")
         super().__post_init__()
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """The reference log-prob cache, written atomically: another run may read the same file while this one writes."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _hash_dataset(h, dataset) -> None:
@@ -129,10 +137,11 @@ class SpanprefDPOTrainer(DPOTrainer):
         result = super()._precompute_ref_logps(dataset, name, batch_size)
         if path is not None and self.accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-            np.savez(tmp, ref_chosen_logps=np.asarray(result["ref_chosen_logps"], dtype=np.float32),
-                     ref_rejected_logps=np.asarray(result["ref_rejected_logps"], dtype=np.float32))  # fmt: skip
-            os.replace(tmp, path)
+            _save_npz(
+                path,
+                ref_chosen_logps=np.asarray(result["ref_chosen_logps"], dtype=np.float32),
+                ref_rejected_logps=np.asarray(result["ref_rejected_logps"], dtype=np.float32),
+            )
             logger.info("reference log-probs of the %s dataset kept in %s", name, path)
         return result
 
@@ -363,10 +372,11 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
         column = [merged[i] for i in range(len(dataset))]
         if path is not None and self.accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-            np.savez(tmp, values=np.asarray([v for c in column for v in c], dtype=np.float32),
-                     lengths=np.asarray(lengths, dtype=np.int64))  # fmt: skip
-            os.replace(tmp, path)
+            _save_npz(
+                path,
+                values=np.asarray([v for c in column for v in c], dtype=np.float32),
+                lengths=np.asarray(lengths, dtype=np.int64),
+            )
             logger.info("reference log-probs of the %s dataset kept in %s (per response)", name, path)
         self.accelerator.wait_for_everyone()
         # float32, as stored: a run that reads the cache gets bit-identical values to the one that wrote it
