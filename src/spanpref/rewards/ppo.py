@@ -478,6 +478,14 @@ def make_parser():
     return TrlParser((RLArguments,), prog="ppo.py")
 
 
+def load_recipe(recipe: str | Path, **overrides: Any) -> RLArguments:
+    """The RL arguments of a recipe with `overrides`, for `train_rl`."""
+    from spanpref.training.run import parse_recipe
+
+    (args,) = parse_recipe(make_parser(), recipe, overrides)
+    return args
+
+
 def parse_args(argv: list[str] | None = None) -> RLArguments:
     """`--config RECIPE` plus flag overrides; unknown keys in the recipe or the flags are errors."""
     (args,) = make_parser().parse_args_and_config(argv)

@@ -660,6 +660,13 @@ def make_parser():
     return TrlParser((RewardModelArguments, TrainingArguments, ModelConfig), prog="reward_model.py")
 
 
+def load_recipe(recipe: str | Path, **overrides: Any) -> tuple[Any, Any, Any]:
+    """(reward-model, training, model) arguments of a recipe with `overrides`, for `train_reward_models`."""
+    from spanpref.training.run import parse_recipe
+
+    return parse_recipe(make_parser(), recipe, overrides)
+
+
 def parse_args(argv: list[str] | None = None):
     """`--config RECIPE` plus flag overrides; unknown keys in the recipe or the flags are errors."""
     return make_parser().parse_args_and_config(argv)

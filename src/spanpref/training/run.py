@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spanpref.errors import MissingInputError, UsageError
 from spanpref.io import RESULTS_FILE, save_resolved_config, write_json
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,40 @@ def make_parser(stage: str):
 
     config_class, _ = stage_classes(stage)
     return TrlParser((ScriptArguments, config_class, ModelConfig), prog=f"{stage}.py")
+
+
+def override_flags(pairs: list[str]) -> list[str]:
+    """`key=value` recipe overrides as flags: `--key value`. The value is split like a shell would, so a list field
+    takes several words (`'reward_weights=0.3 1.0 0.3'`) and quotes keep one with spaces whole."""
+    flags = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"override {pair!r} should look like key=value, e.g. max_steps=20")
+        flags += [f"--{key}", *(shlex.split(value) or [""])]
+    return flags
+
+
+def parse_recipe(parser: Any, recipe: str | Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
+    """The dataclasses of a TRL-style `parser` from a recipe file with `overrides` (Python values) on top: how
+    library code starts a run without building a command line. Unknown keys are errors naming the recipe."""
+    import yaml
+
+    path = Path(recipe)
+    if not path.is_file():
+        raise MissingInputError(f"recipe {path} not found")
+    data = {**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}), **overrides}
+    for key, value in (data.pop("env", None) or {}).items():  # TRL recipes may set environment variables
+        os.environ[key] = str(value)
+    unknown = parser.set_defaults_with_config(**data)[::2]
+    if unknown:
+        raise UsageError(f"{path}: unknown key(s) {[k.removeprefix('--') for k in unknown]}")
+    return tuple(parser.parse_args_into_dataclasses(args=[]))
+
+
+def load_recipe(stage: str, recipe: str | Path, **overrides: Any) -> tuple[Any, Any, Any]:
+    """(script, training, model) arguments of a `stage` recipe with `overrides`, ready for `train(stage, ...)`."""
+    return parse_recipe(make_parser(stage), recipe, overrides)
 
 
 def parse_args(stage: str, argv: list[str] | None = None) -> tuple[Any, Any, Any]:

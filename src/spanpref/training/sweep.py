@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spanpref.training.run import RESULTS_FILE, STAGES
+from spanpref.training.run import RESULTS_FILE, STAGES, override_flags
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,6 @@ def run_sweep(recipe: str, *, stage: str = "dpo", learning_rates: list[float] | 
     rates = learning_rates or PAPER_LEARNING_RATES
     root = Path(output_dir or Path("outputs") / "sweeps" / Path(recipe).stem)
     root.mkdir(parents=True, exist_ok=True)
-    from spanpref.cli import override_flags
-
     extra = override_flags(overrides or [])
     if stage == "dpo" and "--precompute_ref_log_probs" not in extra:
         # every rate has the same reference and data: its log-probs are computed by the first run and read from the
