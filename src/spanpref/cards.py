@@ -1,5 +1,8 @@
 """Cards rendered from the templates in dataset_cards/: dataset cards with statistics computed from the data, and
-model cards that say how a model was trained."""
+model cards that say how a model was trained.
+
+huggingface_hub's card classes write the YAML front matter (`DatasetCardData` / `ModelCardData`, through
+`from_template`) and read it back, so a card spanpref writes is the card the Hub and `datasets` parse."""
 
 from __future__ import annotations
 
@@ -10,10 +13,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import yaml
+from huggingface_hub import CardData, DatasetCard, DatasetCardData, ModelCard, ModelCardData
+from huggingface_hub.repocard import RepoCard
 
 from spanpref import __version__, schema
+from spanpref.io import atomic_write_text
 from spanpref.stats import format_reason_table, format_table1, load_annotation_stats
 
 DESCRIPTIONS = {
@@ -44,10 +48,26 @@ COMPUTED_META = ("configs",)
 DATASET_TASKS = ["text-generation"]
 
 
-def load_card_template(name: str = "dataset_card.md.j2") -> jinja2.Template:
-    """A card template from dataset_cards/ (dataset repos, and trained models)."""
-    text = (resources.files("spanpref") / "dataset_cards" / name).read_text(encoding="utf-8")
-    return jinja2.Environment(keep_trailing_newline=True, trim_blocks=False, autoescape=False).from_string(text)
+# A card whose body is already written: front matter from the card data, then the body as it is.
+_BODY_TEMPLATE = "---\n{{ card_data }}\n---\n{{ body }}"
+
+
+def load_card_template(name: str = "dataset_card.md.j2") -> str:
+    """A card template from dataset_cards/ (dataset repos, and trained models): Jinja, with `{{ card_data }}` where
+    the front matter goes."""
+    return (resources.files("spanpref") / "dataset_cards" / name).read_text(encoding="utf-8")
+
+
+def render_card(card_class: type[RepoCard], data: CardData, template: str, **kwargs: Any) -> str:
+    """The text of a card: `data` as its front matter and `template` rendered with `kwargs` as its body."""
+    text = str(card_class.from_template(data, template_str=template, **kwargs))
+    # from_template's Jinja environment drops the template's last newline (keep_trailing_newline is off)
+    return text + "\n" if template.endswith("\n") else text
+
+
+def card_text(card_class: type[RepoCard], meta: dict[str, Any], body: str = "") -> str:
+    """A card of `meta` (front matter written by `card_class`'s card data) and the finished `body`."""
+    return render_card(card_class, card_class.card_data_class(**meta), _BODY_TEMPLATE, body=body)
 
 
 def _sources(repo: Any, names: list[str]) -> list[str]:
@@ -84,9 +104,18 @@ def _caveats(repo: Any, names: list[str], stats: Any) -> list[str]:
 
 def size_category(rows: int) -> str:
     """The Hub's `size_categories` value for a number of rows (its buckets: n<1K, 1K<n<10K, ...)."""
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
-              (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T")]  # fmt: skip
+    bounds = [
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+        (100_000_000, "10M<n<100M"),
+        (1_000_000_000, "100M<n<1B"),
+        (10_000_000_000, "1B<n<10B"),
+        (100_000_000_000, "10B<n<100B"),
+        (1_000_000_000_000, "100B<n<1T"),
+    ]
     return next((label for bound, label in bounds if rows < bound), "n>1T")
 
 
@@ -109,8 +138,10 @@ def render_dataset_card(
     meta["configs"] = [by_name[n] for n in config_names]
     ours = [n for n in config_names if n in schema.CONFIGS]
     meta["size_categories"] = [size_category(max([repo.count(n) for n in ours] or [0]))]
-    configs = [{"name": n, "description": DESCRIPTIONS.get(n, "(not a spanpref config)"),
-                "splits": _split_summary(repo, n)} for n in config_names]  # fmt: skip
+    configs = [
+        {"name": n, "description": DESCRIPTIONS.get(n, "(not a spanpref config)"), "splits": _split_summary(repo, n)}
+        for n in config_names
+    ]
     config_names = ours  # the statistics below read spanpref's columns
     stats = load_annotation_stats(repo) if schema.ANNOTATIONS in config_names else None
     taxonomy_key, reason_table = "", ""
@@ -127,10 +158,14 @@ def render_dataset_card(
             taxonomy = None
         reason_table = format_reason_table(stats, taxonomy)
     chain_table = _chain_table(repo) if schema.CHAINS in config_names else ""
-    example = next((n for n in (schema.PAIRS_STEPWISE, schema.ANNOTATIONS) if n in config_names),
-                   config_names[0] if config_names else "")  # fmt: skip
-    return load_card_template().render(
-        front_matter=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).strip(),
+    example = next(
+        (n for n in (schema.PAIRS_STEPWISE, schema.ANNOTATIONS) if n in config_names),
+        config_names[0] if config_names else "",
+    )
+    return render_card(
+        DatasetCard,
+        DatasetCardData(**meta),
+        load_card_template(),
         title=meta.get("pretty_name", title),
         description=meta.get("description", "Span-level feedback on model responses and what spanpref built from it."),
         version=__version__,
@@ -163,8 +198,11 @@ def _split_summary(repo: Any, config: str) -> str:
 def _chain_table(repo: Any) -> str:
     from spanpref.chains.validate import summarize_chains
 
-    lines = ["| rewriter | model | chains | valid | validity | mean steps | mean edit (chars) | output tokens / valid chain "
-             "| top reject reasons |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        "| rewriter | model | chains | valid | validity | mean steps | mean edit (chars) | output tokens / valid chain "
+        "| top reject reasons |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     rows = repo.read(schema.CHAINS)
     models = {}
     for r in rows:
@@ -175,9 +213,11 @@ def _chain_table(repo: Any) -> str:
 
     for rewriter, st in summarize_chains(rows).items():
         reasons = ", ".join(f"{k} ({n})" for k, n in sorted(st["reject_reasons"].items(), key=lambda kv: -kv[1])[:4])
-        lines.append(f"| {rewriter} | {', '.join(sorted(models.get(rewriter, [])))} | {st['chains']} | {st['valid']} | "
-                     f"{st['validity_rate']:.1%} | {num(st['mean_steps'], '.2f')} | {num(st['mean_edit_size'], '.1f')} | "
-                     f"{num(st['tokens']['completion_per_valid_chain'], '.0f')} | {reasons or '–'} |")  # fmt: skip
+        lines.append(
+            f"| {rewriter} | {', '.join(sorted(models.get(rewriter, [])))} | {st['chains']} | {st['valid']} | "
+            f"{st['validity_rate']:.1%} | {num(st['mean_steps'], '.2f')} | {num(st['mean_edit_size'], '.1f')} | "
+            f"{num(st['tokens']['completion_per_valid_chain'], '.0f')} | {reasons or '–'} |"
+        )
     return "\n".join(lines)
 
 
@@ -248,9 +288,20 @@ def saved_layout(folder: str | os.PathLike, use_peft: bool = False, merged: bool
     return "peft" if use_peft and not merged else "transformers"
 
 
-def render_model_card(*, stage: str, base_model: str, script_args: Any, training_args: Any, model_args: Any, results: dict,
-                      world_size: int, dataset_revision: str, launch: str = "", base_model_path: str | None = None,
-                      license: str | None = None) -> str:  # fmt: skip
+def render_model_card(
+    *,
+    stage: str,
+    base_model: str,
+    script_args: Any,
+    training_args: Any,
+    model_args: Any,
+    results: dict,
+    world_size: int,
+    dataset_revision: str,
+    launch: str = "",
+    base_model_path: str | None = None,
+    license: str | None = None,
+) -> str:
     """The model card of a training run: base model, data (repo, config, revision), loss, hyperparameters and the
     validation metrics before and after training. `launch` says how it ran (e.g. "FSDP, 4 processes on cuda").
     `base_model_path` is the folder the base weights were read from, where its card may state the license;
@@ -268,8 +319,11 @@ def render_model_card(*, stage: str, base_model: str, script_args: Any, training
         if "dpo_positive" in losses:
             loss += f", λ = {training_args.dpop_lambda}"
     before, after = results.get("before") or {}, results.get("after") or {}
-    rows = [(name, _fmt(before.get(f"eval_{name}")), _fmt(after.get(f"eval_{name}")))
-            for name in CARD_METRICS if f"eval_{name}" in before or f"eval_{name}" in after]  # fmt: skip
+    rows = [
+        (name, _fmt(before.get(f"eval_{name}")), _fmt(after.get(f"eval_{name}")))
+        for name in CARD_METRICS
+        if f"eval_{name}" in before or f"eval_{name}" in after
+    ]
     adapters = "none (full fine-tuning)"
     if model_args.use_peft:
         adapters = f"LoRA r = {model_args.lora_r}, α = {model_args.lora_alpha}, dropout = {model_args.lora_dropout}"
@@ -285,12 +339,14 @@ def render_model_card(*, stage: str, base_model: str, script_args: Any, training
         meta["base_model"] = base
     base_display = f"`{base}`" if hub_id(base) else f"`{base}` (a local folder)"
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
-    return load_card_template("model_card.md.j2").render(
+    return render_card(
+        ModelCard,
+        ModelCardData(**meta),
+        load_card_template("model_card.md.j2"),
         batching=_describe_batching(stage, training_args, results),
         dropped=results.get("train_examples_dropped", 0),
         truncated=results.get("train_examples_truncated", 0),
         in_repo=results.get("train_examples_in_repo", results.get("train_examples", "?")),
-        meta_yaml=yaml.safe_dump(meta, sort_keys=False, allow_unicode=True),
         title=os.path.basename(os.path.normpath(training_args.output_dir)),
         base_model_display=base_display,
         license=license_id,
@@ -344,24 +400,27 @@ def _describe_batching(stage: str, training_args: Any, results: dict) -> str:
         return "pairwise (TRL): prompt + chosen and prompt + rejected, two sequences per pair"
     prefixes = ", shared response prefixes" if getattr(training_args, "share_prefixes", False) else ""
     ratio = grouping["tokens_pairwise"] / max(grouping["tokens_grouped"], 1)
-    return (f"grouped: {grouping['pairs']} pairs in {grouping['groups']} prompt groups, each packed with the prompt "
-            f"once and each of its {grouping['responses']} distinct responses once{prefixes}; "
-            f"{grouping['tokens_grouped']:,} tokens per epoch instead of {grouping['tokens_pairwise']:,} "
-            f"pairwise ({ratio:.1f}x fewer)")
+    return (
+        f"grouped: {grouping['pairs']} pairs in {grouping['groups']} prompt groups, each packed with the prompt "
+        f"once and each of its {grouping['responses']} distinct responses once{prefixes}; "
+        f"{grouping['tokens_grouped']:,} tokens per epoch instead of {grouping['tokens_pairwise']:,} "
+        f"pairwise ({ratio:.1f}x fewer)"
+    )
 
 
 def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> str:
     """Finish a saved model folder for the Hub (see `finish_model_folder`) and write its README.md card."""
-    finish_model_folder(output_dir, kwargs["base_model"], base_model_path=kwargs.get("base_model_path"),
-                        license=kwargs.get("license"))  # fmt: skip
+    finish_model_folder(
+        output_dir, kwargs["base_model"], base_model_path=kwargs.get("base_model_path"), license=kwargs.get("license")
+    )
     path = os.path.join(output_dir, "README.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render_model_card(**kwargs))
+    atomic_write_text(path, render_model_card(**kwargs))
     return path
 
 
-def finish_model_folder(output_dir: str | os.PathLike, base_model: str, *, base_model_path: str | None = None,
-                        license: str | None = None) -> None:  # fmt: skip
+def finish_model_folder(
+    output_dir: str | os.PathLike, base_model: str, *, base_model_path: str | None = None, license: str | None = None
+) -> None:
     """Make a saved folder load the way its card says: `use_cache: true` in config.json (training turns the cache
     off; generation wants it on), an adapter whose `base_model_name_or_path` resolves from anywhere (a Hub id,
     or an absolute path rather than one relative to the training run's working directory), and, where merged
@@ -380,8 +439,9 @@ def finish_model_folder(output_dir: str | os.PathLike, base_model: str, *, base_
         if not adapter_config.is_file():
             continue
         data = json.loads(adapter_config.read_text(encoding="utf-8"))
-        data["base_model_name_or_path"] = _resolvable_base(data.get("base_model_name_or_path"), base_model,
-                                                           base_model_path)  # fmt: skip
+        data["base_model_name_or_path"] = _resolvable_base(
+            data.get("base_model_name_or_path"), base_model, base_model_path
+        )
         adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if folder != root:
             _write_adapter_card(folder, base_model, data["base_model_name_or_path"], base_model_path, license)
@@ -400,19 +460,23 @@ def _resolvable_base(saved: str | None, base_model: str, base_model_path: str | 
     return saved
 
 
-def _write_adapter_card(folder: Path, base_model: str, base_ref: str | None, base_model_path: str | None,
-                        license: str | None) -> None:  # fmt: skip
-    import yaml
-
+def _write_adapter_card(
+    folder: Path, base_model: str, base_ref: str | None, base_model_path: str | None, license: str | None
+) -> None:
     license_id = license or find_license(base_model, base_model_path)[0]
-    meta = {"library_name": "peft", "license": license_id, "pipeline_tag": "text-generation",
-            "tags": ["spanpref", "lora"]}  # fmt: skip
+    meta = {
+        "library_name": "peft",
+        "license": license_id,
+        "pipeline_tag": "text-generation",
+        "tags": ["spanpref", "lora"],
+    }
     if hub_id(base_model):
         meta["base_model"] = base_model
     local = "" if hub_id(base_model) else f" (a local folder; the adapter points at `{base_ref}`)"
     where = f"`{base_model}`{local}"
-    text = (f"---\n{yaml.safe_dump(meta, sort_keys=False)}---\n\n# LoRA adapter\n\nThe LoRA adapter of the model one "
-            f"folder up, before it was merged into the weights there. Its base model is {where}; license "
-            f"{license_id}.\n\n```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
-            "model = AutoPeftModelForCausalLM.from_pretrained(\"path/to/this/adapter\")\n```\n")  # fmt: skip
-    (folder / "README.md").write_text(text, encoding="utf-8")
+    body = (
+        f"\n# LoRA adapter\n\nThe LoRA adapter of the model one folder up, before it was merged into the weights there. "
+        f"Its base model is {where}; license {license_id}.\n\n```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
+        'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/adapter")\n```\n'
+    )
+    atomic_write_text(folder / "README.md", card_text(ModelCard, meta, body))

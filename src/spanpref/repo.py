@@ -357,7 +357,9 @@ class DatasetRepo:
             if self.path.exists():
                 self._link_tree(self.path, tmp, skip=skip)
             populate(tmp)
-            from spanpref.cards import render_dataset_card
+            from huggingface_hub import DatasetCard
+
+            from spanpref.cards import card_text, render_dataset_card
 
             order = _config_order([*entries, *written])
             card_entries = [written.get(n) or kept[n] for n in order if n in written or n in kept]
@@ -367,7 +369,7 @@ class DatasetRepo:
             staged = DatasetRepo.__new__(DatasetRepo)
             staged.path = tmp
             # the card lists the files, so it goes first: the statistics below read the staged data through it
-            (tmp / CARD).write_text(_front_matter({CONFIGS_FIELD: card_entries}), encoding="utf-8")
+            (tmp / CARD).write_text(card_text(DatasetCard, {CONFIGS_FIELD: card_entries}), encoding="utf-8")
             text = render_dataset_card(staged, [e["config_name"] for e in card_entries], previous_meta=previous,
                                        title=self.path.name, config_entries=card_entries)  # fmt: skip
             (tmp / CARD).write_text(text, encoding="utf-8")
@@ -458,12 +460,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
-
-
-def _front_matter(meta: Mapping[str, Any]) -> str:
-    import yaml
-
-    return "---\n" + yaml.safe_dump(dict(meta), sort_keys=False, allow_unicode=True) + "---\n"
 
 
 def _drop_infos(infos: Any, names: set[str]) -> Any:
