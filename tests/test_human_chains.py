@@ -3,9 +3,10 @@
 import pytest
 
 from spanpref import schema
+from spanpref.backends.config import BackendConfig
 from spanpref.chains.human import OUTSIDE_SPAN, align, apply_regions, build_human_chain, plan_steps
 from spanpref.chains.validate import ValidationConfig, check_chain, reason_code
-from spanpref.cli import BackendArgs, main
+from spanpref.cli import main
 from spanpref.repo import DatasetRepo
 
 
@@ -154,7 +155,7 @@ def test_chains_and_pairs_commands_build_human_chains_without_a_model(tmp_path, 
     def no_model(self):
         raise AssertionError("the human rewriter must not load a model")
 
-    monkeypatch.setattr(BackendArgs, "build", no_model)
+    monkeypatch.setattr(BackendConfig, "build", no_model)
     folder = tmp_path / "qaf"
     assert main(["import", "qa-feedback", "bundled", "--output", str(folder), "--limit", "30"]) == 0
     assert main(["chains", str(folder), "--rewriter", "human"]) == 0

@@ -448,7 +448,7 @@ def test_sweep_overrides_must_be_key_value(tmp_path):
 
 
 def test_override_flags_split_values_like_a_shell():
-    from spanpref.cli import override_flags
+    from spanpref.training.run import override_flags
 
     assert override_flags(["max_steps=20", "reward_weights=0.3 1.0 0.3", "run_name='a b'", "hub_model_id="]) == [
         "--max_steps", "20", "--reward_weights", "0.3", "1.0", "0.3", "--run_name", "a b", "--hub_model_id", ""]  # fmt: skip

@@ -117,8 +117,8 @@ class Demo:
                          max_document_chars=self.cfg.max_document_chars)  # fmt: skip
         return build_pairs(str(self.data), cfg).summary()
 
-    def _train(self, stage: str, recipe: str, output: str, model: str, extra: list[str] | None = None) -> str:
-        from spanpref.training.run import RESULTS_FILE, parse_args, train
+    def _train(self, stage: str, recipe: str, output: str, model: str, extra: dict | None = None) -> str:
+        from spanpref.training.run import RESULTS_FILE, load_recipe, train
 
         out = self.models / output
         if (out / RESULTS_FILE).is_file():
@@ -130,19 +130,20 @@ class Demo:
         config = yaml.safe_load((RECIPES / recipe).read_text())["dataset_config"]
         if "train" not in open_repo(self.data).splits(config):
             return f"skipped: {config} has no training rows (too few valid chains; use more --examples)"
-        argv = ["--config", str(RECIPES / recipe), "--dataset_name", str(self.data), "--output_dir", str(out),
-                "--model_name_or_path", model, "--max_steps", str(self.cfg.train_steps), "--max_length",
-                str(self.cfg.max_length), "--merge_adapters", "--eval_strategy", "no", "--save_strategy", "steps",
-                "--save_steps", str(max(1, self.cfg.train_steps // 2)), "--logging_steps", "1",
-                "--seed", str(self.cfg.seed), "--max_eval_samples", "8",
-                # one sequence (pair) per step: on 2 CPU cores a step of the recipes' 4 takes ~25 s (SFT) to ~50 s (DPO)
-                "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
-                "--per_device_eval_batch_size", "2", *(extra or [])]  # fmt: skip
+        overrides = dict(
+            dataset_name=str(self.data), output_dir=str(out), model_name_or_path=model,
+            max_steps=self.cfg.train_steps, max_length=self.cfg.max_length, merge_adapters=True,
+            eval_strategy="no", save_strategy="steps", save_steps=max(1, self.cfg.train_steps // 2), logging_steps=1,
+            seed=self.cfg.seed, max_eval_samples=8,
+            # one sequence (pair) per step: on 2 CPU cores a step of the recipes' 4 takes ~25 s (SFT) to ~50 s (DPO)
+            per_device_train_batch_size=1, gradient_accumulation_steps=1, per_device_eval_batch_size=2,
+            **(extra or {}),
+        )
         if self.cfg.learning_rate is not None:
-            argv += ["--learning_rate", str(self.cfg.learning_rate)]
+            overrides["learning_rate"] = self.cfg.learning_rate
         if stage == "dpo":
-            argv += ["--training_mode", self.cfg.training_mode]
-        results = train(stage, *parse_args(stage, argv))
+            overrides["training_mode"] = self.cfg.training_mode
+        results = train(stage, *load_recipe(stage, RECIPES / recipe, **overrides))
         after = results.get("after") or {}
         acc = after.get("eval_rewards/accuracies")
         metric = f", validation preference accuracy {acc:.2f}" if acc is not None else ""
@@ -187,14 +188,12 @@ class Demo:
         return judge_outputs(str(self.data), build_judge("reference"), seed=self.cfg.seed).summary()
 
     def stage_elo(self) -> str:
-        from spanpref.cli import main
+        from spanpref.evaluation.elo import update_ratings
+        from spanpref.evaluation.report import write_report
 
         # prior: one virtual tie per model pair, so a model that happens to win every judgment on a handful of
         # test prompts gets a finite rating (the demo evaluates on few prompts)
-        main(["eval", "elo", str(self.data), "--judge", "reference", "--rounds", str(self.cfg.rounds), "--seed",
-              str(self.cfg.seed), "--prior", "1"])  # fmt: skip
-        from spanpref.evaluation.report import write_report
-
+        update_ratings(self.data, judge="reference", rounds=self.cfg.rounds, seed=self.cfg.seed, prior=1.0)
         md, png = write_report(str(self.data), self.report, rounds=self.cfg.rounds, seed=self.cfg.seed, prior=1.0)
         return f"report {md}, plot {png}"
 
@@ -231,13 +230,3 @@ class Demo:
                   f"  hf upload YOUR-ORG/smollm2-apo-down {self.models}/apo-down",
                   "or retrain with --push_to_hub --hub_model_id YOUR-ORG/NAME (scripts/dpo.py).", ""]  # fmt: skip
         return "\n".join(lines)
-
-
-def run_demo(cfg: DemoConfig) -> DemoState:
-    demo = Demo(cfg)
-    state = demo.run_all()
-    report = demo.report / "report.md"
-    if report.is_file():
-        print(report.read_text(encoding="utf-8").split("## Agreement")[0].rstrip())
-    print(demo.closing_text(state))
-    return state

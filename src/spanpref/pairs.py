@@ -324,7 +324,8 @@ def _default_splits() -> dict[str, float]:
 @dataclass(kw_only=True)
 class PairConfig:
     splits: dict[str, float] = field(default_factory=_default_splits, metadata={
-        "help": "split name -> share of the queries (summing to 1); splits are made by query, never by pair"})  # fmt: skip
+        "help": "split name -> share of the queries (summing to 1); splits are made by query, never by pair",
+        "cli": False})  # fmt: skip
     seed: int = field(default=0, metadata={"help": "seed of the split assignment and of the stepwise downsampling"})
     prompt: str = field(default="generate_responses", metadata={
         "help": "prompt name or .txt file: the prompt the responses were generated with (the pairs' `prompt`)"})  # fmt: skip

@@ -135,3 +135,34 @@ def compute_dense_rewards(components: Sequence[RewardComponent], tokenizer, quer
     seg_rewards = compute_segment_rewards(components, queries, texts, documents)
     dense = [place_rewards(sr, ends) for sr, (_, ends) in zip(seg_rewards, decoded, strict=True)]
     return dense, seg_rewards, texts
+
+
+def score_responses(folder: str, reward_models: Sequence[str], *, weights: Sequence[float] | None = None,
+                    mode: str = "sign", limit: int | None = None, batch_size: int = 8) -> list[dict]:
+    """Every response of a dataset repo scored segment by segment with trained span reward models: one record per
+    response with its total and its segments' rewards (`spanpref rewards score`)."""
+    from spanpref import schema
+    from spanpref.errors import UsageError
+    from spanpref.repo import load_rows
+    from spanpref.rewards.reward_model import SpanRewardModel
+
+    if not reward_models:
+        raise UsageError("give --reward-models (folders written by `spanpref rewards train`)")
+    if weights is not None and len(weights) != len(reward_models):
+        raise UsageError(f"{len(weights)} weights for {len(reward_models)} reward models")
+    components = []
+    for i, path in enumerate(reward_models):
+        rm = SpanRewardModel(path)
+        components.append(RewardComponent(rm, weights[i] if weights else rm.group.weight, mode))
+    responses = load_rows(folder, schema.RESPONSES)[:limit]
+    queries = {q["query_id"]: q["query"] for q in load_rows(folder, schema.QUERIES)}
+    records = []
+    for start in range(0, len(responses), batch_size):
+        batch = responses[start : start + batch_size]
+        texts = [r["text"] for r in batch]
+        rewards = compute_segment_rewards(components, [queries.get(r["query_id"], "") for r in batch], texts)
+        for r, text, seg_rewards in zip(batch, texts, rewards, strict=True):
+            segments = [{"model": s.component, "text": text[s.start : s.end], "reward": s.reward} for s in seg_rewards]
+            records.append({"response_id": r["response_id"], "total": sum(s.reward for s in seg_rewards),
+                            "segments": segments})
+    return records

@@ -1,14 +1,14 @@
-"""`spanpref space ...`: deploy the annotation app or the arena as a Hugging Face Space. Imported at the end of
-`spanpref.cli` and registering itself there, like `spanpref eval`; nothing heavy is imported until it runs."""
+"""`spanpref space deploy {annotate,arena} ORG/SPACE --data ORG/DATASET`: one command from checkout to Space."""
 
 from __future__ import annotations
 
-from spanpref import cli
-from spanpref.cli import Command
+from spanpref.commands.base import command
 from spanpref.ui.deploy import SpaceDeployConfig
 
 
-def run_space_deploy(args: SpaceDeployConfig) -> None:
+@command("space deploy", "build a self-contained Space (app, README, a spanpref wheel; no torch) and create it on "
+         "the Hub", SpaceDeployConfig)
+def deploy(args: SpaceDeployConfig) -> None:
     from spanpref.ui.deploy import deploy_space
 
     result = deploy_space(args)
@@ -24,12 +24,4 @@ def run_space_deploy(args: SpaceDeployConfig) -> None:
         print(f"note: {note}")
 
 
-cli.register(
-    ("space", "deploy"),
-    Command(
-        "deploy",
-        "build a self-contained Space (app, README, a spanpref wheel; no torch) and create it on the Hub",
-        SpaceDeployConfig,
-        run_space_deploy,
-    ),
-)
+COMMANDS = [deploy]
