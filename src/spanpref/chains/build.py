@@ -15,6 +15,7 @@ from spanpref import schema
 from spanpref.backends import Backend
 from spanpref.chains.rewriters import HUMAN_MODEL, ChainContext, build_rewriter
 from spanpref.chains.validate import ValidationConfig, order_dislikes, summarize_chains
+from spanpref.feedback.agreement import matches_annotator
 from spanpref.journal import Journal
 from spanpref.repo import RepoError, open_repo
 from spanpref.taxonomy import Taxonomy, load_taxonomy
@@ -57,8 +58,11 @@ def _labels(span: dict, taxonomy: Taxonomy) -> str:
     return text + (f" (note: {span['note']})" if span.get("note") else "")
 
 
-def load_contexts(repo: Any, rewriter: str, model_id: str, taxonomy: Taxonomy | None = None) -> list[ChainContext]:
-    """One context per annotation with at least one dislike span, in annotation order."""
+def load_contexts(
+    repo: Any, rewriter: str, model_id: str, taxonomy: Taxonomy | None = None, annotator: str | None = None
+) -> list[ChainContext]:
+    """One context per annotation with at least one dislike span, in annotation order; with `annotator`, only the
+    annotations of that annotator (a name such as `ai:llm`, or `human` for every annotator not named `ai:...`)."""
     for needed in (schema.ANNOTATIONS, schema.RESPONSES, schema.QUERIES, schema.DOCUMENTS):
         if not repo.has(needed):
             raise RepoError(f"{repo.path} has no {needed} config; chains need annotations, responses, queries "
@@ -71,6 +75,8 @@ def load_contexts(repo: Any, rewriter: str, model_id: str, taxonomy: Taxonomy | 
 
     contexts = []
     for ann in repo.read(schema.ANNOTATIONS):
+        if annotator is not None and not matches_annotator(ann.get("annotator") or "", annotator):
+            continue
         spans = [schema.from_row(schema.Span, s) for s in ann["spans"]]
         dislikes = order_dislikes([s for s in spans if s.polarity == schema.DISLIKE])
         if not dislikes:
@@ -97,19 +103,21 @@ def build_chains(
     chunk_size: int = 16,
     seed: int = 0,
     progress: bool = True,
+    annotator: str | None = None,
     **rewriter_overrides: Any,
 ) -> ChainReport:
     """Build (or finish building) the chains of `folder` with one rewriter, and write them to its chains config.
 
     Chains of other rewriters or models already in the config are kept, so rewriters can be compared side by
-    side on the same annotations. A rewriter without a model (`human`) takes `backend=None`.
+    side on the same annotations. A rewriter without a model (`human`) takes `backend=None`. `annotator` keeps
+    only the annotations of one annotator (e.g. `ai:llm` for chains from AI feedback, `human` for the people's).
     """
     repo = open_repo(folder)
     rw = build_rewriter(rewriter, validation, **rewriter_overrides)
     if backend is None and rw.needs_backend:
         raise ValueError(f"the {rw.name} rewriter needs a generation backend")
     model_id = backend.model_id if backend is not None and rw.needs_backend else HUMAN_MODEL
-    everything = load_contexts(repo, rw.name, model_id)
+    everything = load_contexts(repo, rw.name, model_id, annotator=annotator)
     contexts = everything[:limit]
     references = {c.annotation_id: (c.a0, c.correction) for c in everything if c.correction and c.correction.strip()}
     existing = repo.read(schema.CHAINS) if repo.has(schema.CHAINS) else []
