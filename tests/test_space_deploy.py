@@ -27,7 +27,7 @@ from tests.conftest import RecordingHfApi
 from tests.test_annotate import make_repo
 
 ROOT = Path(__file__).parents[1]
-HEAVY = ("torch", "transformers", "tokenizers", "trl", "peft", "accelerate")
+HEAVY = ("torch", "trl", "peft", "accelerate")  # gigabytes; transformers without torch (the CLI parser) is not
 
 
 class RecordingSpaceApi(RecordingHfApi):
@@ -175,7 +175,7 @@ def test_the_core_and_ui_requirements_bring_no_torch():
     extras = {k: v.split() for k, v in cfg["options.extras_require"].items()}
     name = lambda r: r.split("[")[0].split("=")[0].split("<")[0].split(">")[0]  # noqa: E731
     assert not [r for r in core + extras["ui"] if name(r) in HEAVY]
-    assert "torch==2.13.0" in extras["train"] and any(name(r) == "transformers" for r in extras["train"])
+    assert "torch==2.13.0" in extras["train"] and any(name(r) == "trl" for r in extras["train"])
     # and the apps really import none of it (a fresh interpreter: this one has torch loaded by other tests)
     code = ("import sys, spanpref.ui.annotate, spanpref.ui.arena, spanpref.evaluation.elo; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r})))")  # fmt: skip
@@ -261,3 +261,38 @@ def _post_upload(url: str) -> int:
     import requests
 
     return requests.post(url + "gradio_api/upload", files={"files": ("x.txt", b"x")}, timeout=10).status_code
+
+
+def test_both_apps_keep_their_state_by_one_rule(tmp_path, monkeypatch):
+    """$SPANPREF_STATE_DIR, else the persistent storage the deploy mounts when it is writable, else ./<app>-state;
+    the arena and the annotation app both follow it."""
+    from spanpref.ui.arena import space_config
+    from spanpref.ui.common import STORAGE_MOUNT, state_dir
+    from tests.test_arena import build_arena_repo
+
+    mount = tmp_path / "mount"
+    assert state_dir("arena", {}, mount=mount) == Path("arena-state")  # no storage
+    mount.mkdir()
+    assert state_dir("arena", {}, mount=mount) == mount
+    mount.chmod(0o500)
+    try:
+        if not os.access(mount, os.W_OK):  # (root may write anyway)
+            assert state_dir("annotate", {}, mount=mount) == Path("annotate-state")
+    finally:
+        mount.chmod(0o700)
+    assert state_dir("annotate", {"SPANPREF_STATE_DIR": str(tmp_path / "s")}, mount=mount) == tmp_path / "s"
+    assert STORAGE_MOUNT == "/data"
+
+    build_arena_repo(tmp_path / "evalrepo")
+    env = {"SPANPREF_ARENA_DATA": str(tmp_path / "evalrepo"), "SPANPREF_STATE_DIR": str(tmp_path / "s")}
+    assert Path(space_config(env).db) == tmp_path / "s" / "arena.sqlite"
+
+
+def test_the_deploy_mounts_storage_where_the_apps_look(tmp_path):
+    from spanpref.ui.common import STORAGE_MOUNT
+    from spanpref.ui.deploy import plan_calls
+
+    cfg = SpaceDeployConfig(app="arena", space_id="org/s", data="org/d", storage="small")
+    calls, _ = plan_calls(cfg, tmp_path)
+    [volumes] = [c for c in calls if c.method == "set_space_volumes"]
+    assert [v.mount_path for v in volumes.kwargs["volumes"]] == [STORAGE_MOUNT]

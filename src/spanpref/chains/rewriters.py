@@ -17,7 +17,6 @@ span). Rewriters are configured by data: `recipes/rewriters/<name>/config.yaml` 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -28,12 +27,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig
 from spanpref.chains.human import apply_fix, build_human_chain, human_validation
 from spanpref.chains.validate import ValidationConfig, check_chain, check_step, reanchor, reason_code
+from spanpref.configfile import load_dataclass
 from spanpref.markup import MarkupError, parse_markup, render_markup
 from spanpref.prompts import PromptTemplate, load_prompt, parse_prompt, truncate_text
 
@@ -107,12 +105,7 @@ def rewriter_folder(name_or_dir: str | Path) -> Path:
 def load_rewriter_config(name_or_dir: str | Path) -> tuple[RewriterConfig, PromptTemplate | None]:
     """A rewriter folder (config.yaml + prompt.txt): bundled by name (`paper`, `local`, `human`) or a path."""
     folder = rewriter_folder(name_or_dir)
-    data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
-    known = {f.name for f in dataclasses.fields(RewriterConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"{folder / 'config.yaml'}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    cfg = RewriterConfig(**data)
+    cfg = load_dataclass(folder / "config.yaml", RewriterConfig)
     return cfg, _load_prompt_file(folder, cfg.structured_prompt if cfg.structured else cfg.prompt)
 
 

@@ -14,8 +14,18 @@ _CONFIG_HELP = "YAML file whose keys set this command's options (flags given on 
 def get_commands() -> list[Command]:
     from spanpref.commands import chains, data, demo, eval, generate, pairs, rewards, space, train, ui
 
-    return [*data.COMMANDS, *generate.COMMANDS, *chains.COMMANDS, *pairs.COMMANDS, *train.COMMANDS, *eval.COMMANDS,
-            *rewards.COMMANDS, *ui.COMMANDS, *space.COMMANDS, *demo.COMMANDS]
+    return [
+        *data.COMMANDS,
+        *generate.COMMANDS,
+        *chains.COMMANDS,
+        *pairs.COMMANDS,
+        *train.COMMANDS,
+        *eval.COMMANDS,
+        *rewards.COMMANDS,
+        *ui.COMMANDS,
+        *space.COMMANDS,
+        *demo.COMMANDS,
+    ]
 
 
 def build_parser(commands: Sequence[Command] | None = None) -> tuple[argparse.ArgumentParser, dict]:
@@ -63,7 +73,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse a command line; a `--config FILE` of the chosen command is applied as defaults first."""
     parser, subparsers = build_parser()
     path = find_command(argv, subparsers)
-    if path is not None and not subparsers[path]._defaults["_command"].passthrough:
+    if path is not None and subparsers[path]._defaults["_command"].passthrough:
+        # everything after the command's words is its own (argparse would take a leading --help for itself)
+        words = [i for i, a in enumerate(argv) if not a.startswith("-")]
+        return argparse.Namespace(
+            _command=subparsers[path]._defaults["_command"], argv=list(argv)[words[len(path) - 1] + 1 :]
+        )
+    if path is not None:
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config")
         known, _ = pre.parse_known_args(list(argv))

@@ -20,14 +20,15 @@ import copy
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from transformers.hf_argparser import HfArgumentParser, string_to_bool
 
-from spanpref.errors import MissingInputError, UsageError
+from spanpref.configfile import load_mapping
+from spanpref.errors import UsageError
 
 _MISSING = "<required>"  # the default of a positional argument nobody gave yet; shown as such in --help
 
@@ -144,30 +145,10 @@ def _dests(parser: argparse.ArgumentParser) -> set[str]:
     return {a.dest for a in parser._actions if a.dest not in ("help", "config")}
 
 
-def load_yaml_config(path: str | Path, known: Sequence[str], *, what: str = "options") -> dict[str, Any]:
-    """A YAML mapping whose keys must all be in `known`; the one loader for command configs, recipes-of-commands,
-    rewriters, judges, annotators and reward groups (the file and the unknown keys are named in the error)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping of {what}, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise UsageError(f"{path}: unknown key(s) {unknown}; known {what}: {sorted(known)}")
-    return data
-
-
 def apply_yaml_defaults(parser: argparse.ArgumentParser, path: str | Path) -> None:
     """The file's values become the parser's defaults (so flags given on the command line win); a field the
     file sets is no longer required."""
-    data = load_yaml_config(path, sorted(_dests(parser)), what="options of this command")
+    data = load_mapping(path, _dests(parser), what="options of this command")
     parser.set_defaults(**data)
     for action in parser._actions:
         if action.dest in data:

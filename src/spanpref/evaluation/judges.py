@@ -18,7 +18,6 @@ raw output; it never takes other verdicts with it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -37,7 +36,8 @@ import numpy as np
 import yaml
 
 from spanpref import schema
-from spanpref.errors import SpanprefError
+from spanpref.configfile import load_dataclass, read_yaml
+from spanpref.errors import SpanprefError, UsageError
 from spanpref.prompts import PromptTemplate, parse_prompt, truncate_text
 from spanpref.repo import RepoError, open_repo
 
@@ -89,16 +89,11 @@ def find_judge_folder(name_or_dir: str | Path) -> Path:
 
 def load_judge_config(name_or_dir: str | Path) -> tuple[JudgeConfig, Path]:
     folder = find_judge_folder(name_or_dir)
-    data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
-    known = {f.name for f in dataclasses.fields(JudgeConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"{folder / 'config.yaml'}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    if "kind" not in data:
-        raise ValueError(f"{folder / 'config.yaml'}: needs `kind`, one of {sorted(JUDGES)}")
-    cfg = JudgeConfig(**data)
+    if "kind" not in (read_yaml(folder / "config.yaml") or {}):
+        raise UsageError(f"{folder / 'config.yaml'}: needs `kind`, one of {sorted(JUDGES)}")
+    cfg = load_dataclass(folder / "config.yaml", JudgeConfig)
     if cfg.kind not in JUDGES:
-        raise ValueError(f"{folder / 'config.yaml'}: unknown judge kind {cfg.kind!r}; choose from {sorted(JUDGES)}")
+        raise UsageError(f"{folder / 'config.yaml'}: unknown judge kind {cfg.kind!r}; choose from {sorted(JUDGES)}")
     return cfg, folder
 
 

@@ -13,8 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from spanpref.configfile import read_yaml
 from spanpref.errors import UsageError
 from spanpref.rewards.segment import LEVELS, RESPONSE, Segment, split_segments
 from spanpref.schema import DISLIKE
@@ -113,10 +112,7 @@ def parse_groups(data: Any, source: str, taxonomy: Taxonomy | None = None) -> Gr
 def load_groups(name_or_path: str | Path = DEFAULT_GROUPS, taxonomy: str | Path | Taxonomy = "default") -> GroupConfig:
     """A bundled group config by name (`default`) or any group YAML file, checked against `taxonomy`."""
     text, source = _groups_path(name_or_path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise GroupConfigError(f"{source}: not valid YAML: {e}") from e
+    data = read_yaml(source, text)
     tax = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(taxonomy)
     return parse_groups(data, source, tax)
 

@@ -17,7 +17,7 @@ Validation metrics are segment-level accuracy and F1 against the majority-class 
 frequent label predicted for every validation segment). Each group's model folder gets a model card and
 `spanpref_reward.json` (group, level, reasons, weight, input format), which `SpanRewardModel` reads back to score.
 
-Run it as `spanpref rewards train --config recipes/rewards/reward_model/config_<...>.yaml` or
+Run it as `spanpref rewards train FOLDER --recipe recipes/rewards/reward_model/config_<...>.yaml` or
 `python -m spanpref.rewards.reward_model --config RECIPE`; flags override the recipe, unknown keys are errors.
 """
 
