@@ -63,7 +63,7 @@ def base_folder(tmp_path) -> Path:
     from spanpref.models import resolve_model
 
     base = tmp_path / "work" / "base"
-    shutil.copytree(resolve_model("spanpref/tiny-llama"), base)
+    shutil.copytree(resolve_model("tiny"), base)
     (base / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n")
     return base
 

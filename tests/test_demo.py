@@ -21,7 +21,7 @@ def test_reduced_demo_end_to_end_then_resume(tmp_path, capsys):
     # training drops (and counts) what does not fit instead of cutting it.
     argv = ["demo", "--output", str(run), "--examples", "12", "--train-steps", "2", "--eval-prompts", "3",
             "--eval-max-new-tokens", "24", "--rounds", "200", "--max-length", "2048",
-            "--model", "spanpref/tiny-llama"]  # fmt: skip
+            "--model", "tiny"]  # fmt: skip
     assert main(argv) == 0
     state = json.loads((run / "demo.json").read_text())
     assert list(state["done"]) == list(STAGES)

@@ -294,7 +294,7 @@ def test_pairs_that_do_not_fit_are_counted_in_results_card_and_log(pairs_folder,
 
     from spanpref.training.run import RESULTS_FILE, parse_args, train
 
-    prompt_len, full = _lengths(pairs_folder, "spanpref/tiny-llama")
+    prompt_len, full = _lengths(pairs_folder, "tiny")
     max_length = full[len(full) // 2] if mode == "grouped" else prompt_len
     recipe = Path(__file__).resolve().parents[1] / "recipes/tiny/dpo/config_stepwise_sigmoid.yaml"
     out = tmp_path / mode
@@ -351,7 +351,7 @@ def test_two_process_grouped_run_with_accumulation_and_precomputed_reference_mov
                              "--per_device_train_batch_size", "1", "--max_steps", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "reference log-probs of the train dataset kept in" in proc.stderr + proc.stdout
-    before, after = trainable_weights(Path(resolve_model("spanpref/tiny-llama"))), trainable_weights(out)
+    before, after = trainable_weights(Path(resolve_model("tiny"))), trainable_weights(out)
     unmoved = [n for n in before if torch.equal(before[n], after[n])]
     assert not unmoved, f"parameters that did not move: {unmoved}"
     results = json.loads((out / "spanpref_results.json").read_text())

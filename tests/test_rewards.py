@@ -219,7 +219,7 @@ def tiny_tokenizer():
 
     from spanpref.models import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_model("spanpref/tiny-llama"))
+    return AutoTokenizer.from_pretrained(resolve_model("tiny"))
 
 
 def test_token_offsets_agree_with_the_decoded_text(tiny_tokenizer):

@@ -78,7 +78,7 @@ def test_full_fine_tuning_moves_the_backbone_and_writes_a_card_per_group(trained
     from spanpref.models import resolve_model
 
     out, results, _ = trained
-    base = load_file(str(Path(resolve_model("spanpref/tiny-llama")) / "model.safetensors"))
+    base = load_file(str(Path(resolve_model("tiny")) / "model.safetensors"))
     for name in ("relevance", "factuality", "completeness"):
         folder = out / name
         res = results["groups"][name]
@@ -141,7 +141,7 @@ def test_frozen_backbone_trains_only_the_head_and_evaluation_matches_the_saved_m
                        "--num_train_epochs", "3", "--group_names", "factuality"])  # fmt: skip
     results = train_reward_models(*args)
     assert list(results["groups"]) == ["factuality"]
-    base = load_file(str(Path(resolve_model("spanpref/tiny-llama")) / "model.safetensors"))
+    base = load_file(str(Path(resolve_model("tiny")) / "model.safetensors"))
     saved = load_file(str(out / "factuality" / "model.safetensors"))
     # one layer kept, unchanged; the rest of the backbone dropped
     assert not any(k.startswith("model.layers.1.") for k in saved)

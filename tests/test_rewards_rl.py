@@ -23,7 +23,7 @@ CAPITALS = "[A-Z]"  # the toy pattern: words with a capital letter (~20% of the 
 
 
 def tiny_args(tmp_path: Path, **kw) -> RLArguments:
-    defaults = {"model_name_or_path": "spanpref/tiny-llama", "steps": 12, "batch_size": 16, "mini_batch_size": 16,
+    defaults = {"model_name_or_path": "tiny", "steps": 12, "batch_size": 16, "mini_batch_size": 16,
                 "ppo_epochs": 2, "learning_rate": 5e-3, "max_new_tokens": 12, "kl_coef": 0.05, "use_cpu": True,
                 "output_dir": str(tmp_path), "pattern": CAPITALS, "seed": 0}  # fmt: skip
     return RLArguments(**{**defaults, **kw})
@@ -45,7 +45,7 @@ def test_one_ppo_step_moves_every_parameter_and_writes_its_outputs(tmp_path):
 
     comp = [RewardComponent(PatternScorer(CAPITALS, "response"), 1.0, "prob")]
     res = train_rl(tiny_args(tmp_path, steps=2, ppo_epochs=1), components=comp, prompts=PROMPTS)
-    base = load_file(str(Path(resolve_model("spanpref/tiny-llama")) / "model.safetensors"))
+    base = load_file(str(Path(resolve_model("tiny")) / "model.safetensors"))
     trained = load_file(str(tmp_path / "policy" / "model.safetensors"))
     assert [k for k in base if torch.equal(base[k], trained[k])] == []
     head = load_file(str(tmp_path / "policy" / "value_head.safetensors"))
@@ -63,7 +63,7 @@ def test_raising_a_reward_weight_steers_the_policy_toward_its_pattern(tmp_path):
 
     from spanpref.models import resolve_model
 
-    path = resolve_model("spanpref/tiny-llama")
+    path = resolve_model("tiny")
     tokenizer = AutoTokenizer.from_pretrained(path)
     start = sample_frequency(AutoModelForCausalLM.from_pretrained(path), tokenizer)
     freq, reward = {}, {}
@@ -167,7 +167,7 @@ def test_two_process_accelerate_launch(tmp_path):
 
     import_qa_feedback("bundled", tmp_path / "qaf", limit=4)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"model_name_or_path": "spanpref/tiny-llama", "dataset_name": str(tmp_path / "qaf"),
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": "tiny", "dataset_name": str(tmp_path / "qaf"),
                                       "reward_models": [], "pattern": CAPITALS, "steps": 2, "batch_size": 4,
                                       "mini_batch_size": 2, "max_new_tokens": 8, "learning_rate": 1e-3,
                                       "use_cpu": True, "output_dir": str(tmp_path / "out")}))  # fmt: skip

@@ -69,7 +69,7 @@ def test_unknown_loss_lists_the_choices():
 def tiny_model() -> Path:
     from spanpref.models import resolve_model
 
-    return Path(resolve_model("spanpref/tiny-llama"))
+    return Path(resolve_model("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -378,7 +378,7 @@ def test_model_card_and_push(tiny_model, pairs_repo, tmp_path, monkeypatch, hub_
         "model",
     )
     card = (out / "README.md").read_text()
-    assert "base_model: spanpref/tiny-llama" in card
+    assert "base_model: tiny" in card
     assert f"`{pairs_repo}`, config `pairs_stepwise`" in card
     assert "dpo_positive, β = 0.1, λ = 50.0" in card and "| learning rate | 0.001" in card
     after = results["after"]["eval_rewards/accuracies"]

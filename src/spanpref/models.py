@@ -166,7 +166,7 @@ def prepare_default_model(cache_dir: str | Path | None = None, force: bool = Fal
 
 
 def resolve_model(name_or_path: str | None) -> str:
-    """Map None or "default" to the prepared default model folder and "spanpref/tiny-llama" to the tiny test model
+    """Map None or "default" to the prepared default model folder and "tiny" to the tiny test model
     (both built once into the user cache); return any other Hub id or path unchanged."""
     if name_or_path in DEFAULT_MODEL_ALIASES:
         return str(prepare_default_model())

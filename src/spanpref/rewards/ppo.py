@@ -42,7 +42,7 @@ class RLArguments:
 
     model_name_or_path: str = field(
         default="default",
-        metadata={"help": "policy to train: `default` (bundled SmolLM2-135M-Instruct), `spanpref/tiny-llama`, or any "
+        metadata={"help": "policy to train: `default` (bundled SmolLM2-135M-Instruct), `tiny`, or any "
                   "causal LM id/path; the frozen reference is a copy of it"},
     )  # fmt: skip
     dataset_name: str = field(

@@ -1,6 +1,6 @@
 """A tiny random Llama built from a config, for CI and quick checks of the training recipes.
 
-`model_name_or_path: spanpref/tiny-llama` in a recipe resolves here (see `spanpref.models.resolve_model`). The model
+`model_name_or_path: tiny` in a recipe resolves here (see `spanpref.models.resolve_model`). The model
 is 2 layers of width 64 with a 1,000-token byte-level BPE trained on the bundled qa-feedback text, and a ChatML chat
 template like SmolLM2's: a training step takes milliseconds, and everything around the step (data loading, chat
 template, collation, LoRA, two-process gloo training, checkpoints, model cards) is the real code path.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL_ID = "spanpref/tiny-llama"
+TINY_MODEL_ID = "tiny"
 TINY_MODEL_VERSION = 1  # bump when the recipe below changes, so cached folders get rebuilt
 VOCAB_SIZE = 1000
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
