@@ -41,7 +41,7 @@ def annotate_service(folder: Path, db: Path, **kw) -> annotate.AnnotationService
 
 
 def serve_annotate(service: annotate.AnnotationService):
-    return served(annotate.build_app(service.config, service), free_port())
+    return served(annotate.build_app(service.config, service).blocks, free_port())
 
 
 def work_calls(page: Page, token: str) -> list[dict]:
@@ -116,7 +116,7 @@ def test_a_non_ascii_access_code_logs_in_on_both_apps(tmp_path, code):
 
     build_arena_repo(tmp_path / "evalrepo")
     cfg = arena.ArenaConfig(folder=str(tmp_path / "evalrepo"), access_code=code, rounds=20, export_every=0)
-    demo = arena.build_app(cfg)
+    demo = arena.build_app(cfg).blocks
     with served(demo, free_port()) as url:
         client = Client(url, verbose=False)
         shown = client.predict("ann", "secret1", "sesame", api_name="/on_login")
@@ -133,8 +133,8 @@ def test_with_access_rules_the_arena_leaderboard_and_export_need_a_login(tmp_pat
     build_arena_repo(folder)
     cfg = arena.ArenaConfig(folder=str(folder), db=str(tmp_path / "votes.sqlite"), rounds=20, export_every=0,
                             **rule)  # fmt: skip
-    demo = arena.build_app(cfg)
-    judge = demo.arena
+    app = arena.build_app(cfg)
+    demo, judge = app.blocks, app.service
     for _ in range(3):
         a = judge.assignment("ann")
         judge.vote("ann", a.battle, "A")
@@ -163,7 +163,7 @@ def test_the_open_arena_leaderboard_shows_no_server_paths(tmp_path):
 
     folder = tmp_path / "evalrepo"
     build_arena_repo(folder)
-    demo = arena.build_app(arena.ArenaConfig(folder=str(folder), db=str(tmp_path / "v.sqlite"), rounds=20))
+    demo = arena.build_app(arena.ArenaConfig(folder=str(folder), db=str(tmp_path / "v.sqlite"), rounds=20)).blocks
     with served(demo, free_port()) as url:
         board, note = Client(url, verbose=False).predict(api_name="/leaderboard")
         assert str(tmp_path) not in board + note and "sqlite" not in (board + note).lower()
@@ -185,8 +185,10 @@ def test_no_anonymous_uploads_on_either_app(tmp_path):
     build_arena_repo(tmp_path / "evalrepo")
     service = annotate_service(tmp_path / "repo", tmp_path / "a.sqlite")
     before = _uploaded_files()
-    demos = [annotate.build_app(service.config, service),
-             arena.build_app(arena.ArenaConfig(folder=str(tmp_path / "evalrepo"), rounds=20))]  # fmt: skip
+    demos = [
+        annotate.build_app(service.config, service).blocks,
+        arena.build_app(arena.ArenaConfig(folder=str(tmp_path / "evalrepo"), rounds=20)).blocks,
+    ]
     for demo in demos:
         with served(demo, free_port()) as url:
             r = _upload(url)

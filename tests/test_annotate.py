@@ -7,7 +7,7 @@ import json
 import sqlite3
 import threading
 import time
-from concurrent.futures import Future
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -277,29 +277,29 @@ def test_background_export_and_hub_push_requests(service):
             self.calls.append(("create_repo", kw))
             return SimpleNamespace(repo_id=kw["repo_id"])
 
-        def create_commit(self, **kw):
-            self.calls.append(("create_commit", kw))
-
-        def run_as_future(self, fn, *args):
-            future = Future()
-            future.set_result(fn(*args))
-            return future
+        def upload_folder(self, **kw):
+            # what the Hub would receive: the folder's files as they are during the upload
+            folder = Path(kw["folder_path"])
+            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+            self.calls.append(("upload_folder", {**kw, "files": files}))
 
     api = RecordingApi()
     scheduler = start_hub_sync(service, "org/feedback", every_minutes=60, api=api)
     deadline = time.monotonic() + 20
-    while not any(name == "create_commit" for name, _ in api.calls) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the scheduler pushes once as soon as it starts
-    scheduler.stop()
+    while not any(name == "upload_folder" for name, _ in api.calls) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the sync pushes once as soon as it starts
+    scheduler.stop()  # nothing changed since: no second commit
     assert api.calls[0] == ("create_repo", {"repo_id": "org/feedback", "private": True, "repo_type": "dataset",
                                             "exist_ok": True})  # fmt: skip
-    commits = [kw for name, kw in api.calls if name == "create_commit"]
+    commits = [kw for name, kw in api.calls if name == "upload_folder"]
     assert len(commits) == 1 and commits[0]["repo_id"] == "org/feedback" and commits[0]["repo_type"] == "dataset"
     local = {p.relative_to(service.repo.path).as_posix(): p.read_bytes() for p in service.repo.path.rglob("*")
              if p.is_file()}  # fmt: skip
-    sent = {op.path_in_repo: op.path_or_fileobj for op in commits[0]["operations"]}
+    sent = commits[0]["files"]
     assert sent == local  # every file, byte for byte, and nothing else
     assert "README.md" in sent and any(p.startswith("data/annotations/") for p in sent)
+    assert commits[0]["delete_patterns"] == ["data/annotations/*", "data/comparisons/*"]
+    assert not list(service.repo.path.parent.glob(".*hub-push-*"))  # the snapshot is gone after the upload
 
 
 def test_page_route_enforces_the_session(service):
@@ -307,7 +307,7 @@ def test_page_route_enforces_the_session(service):
     through it all land once."""
     from tests._browser import free_port, served
 
-    demo = build_app(service.config, service)
+    demo = build_app(service.config, service).blocks
     with served(demo, free_port()) as url:
         cfg = requests.get(url + "config", timeout=10).json()
         (cid,) = [c["id"] for c in cfg["components"] if c.get("props", {}).get("server_fns")]
@@ -350,8 +350,8 @@ def test_space_app_uses_oauth_names(tmp_path, monkeypatch):
     monkeypatch.setenv("SPANPREF_STATE_DIR", str(tmp_path / "annotate-state"))
     from spanpref.ui.annotate import build_space_app
 
-    demo = build_space_app()
-    service = demo.service
+    app = build_space_app()
+    service = app.service
     try:
         assert service.oauth and service.store.path == tmp_path / "annotate-state" / "annotate.sqlite"
         with pytest.raises(AuthError, match="Hugging Face login"):
@@ -364,7 +364,7 @@ def test_space_app_uses_oauth_names(tmp_path, monkeypatch):
         with pytest.raises(AuthError, match="not on this server's list"):
             service.login_oauth(SimpleNamespace(session={"oauth_info": {"userinfo": {"preferred_username": "eve"}}}))
     finally:
-        demo.exporter.stop()
+        app.stop()
         service.close()
 
 

@@ -56,7 +56,7 @@ def spans_shown(page, k: int) -> list[str]:
 def test_annotate_in_a_real_browser(tmp_path):
     repo = make_repo(tmp_path / "repo", n_queries=3)
     service = AnnotationService(AnnotateConfig(folder=str(repo.path), overlap=1, shuffle=False, swap_ab=False))
-    demo = build_app(service.config, service)
+    demo = build_app(service.config, service).blocks
     with served(demo) as url, chromium() as browser:
         alice_ctx, bob_ctx = browser.new_context(), browser.new_context()
         alice, bob = alice_ctx.new_page(), bob_ctx.new_page()
@@ -169,7 +169,7 @@ RECT_OF = """([el, start, end]) => {  // the box of UTF-16 offsets [start, end) 
 def test_the_reason_popup_never_covers_the_selection(tmp_path):
     repo = make_repo(tmp_path / "repo", n_queries=1)
     service = AnnotationService(AnnotateConfig(folder=str(repo.path), overlap=1, shuffle=False, swap_ab=False))
-    demo = build_app(service.config, service)
+    demo = build_app(service.config, service).blocks
     sub = "Eiffel Tower"
     a, b = (
         codepoint_to_utf16(EMOJI_TEXT, EMOJI_TEXT.index(sub)),
@@ -204,7 +204,7 @@ def test_a_suggested_fix_is_typed_with_the_keyboard_saved_exported_and_made_a_ch
 
     repo = make_repo(tmp_path / "repo", n_queries=1)
     service = AnnotationService(AnnotateConfig(folder=str(repo.path), overlap=1, shuffle=False, swap_ab=False))
-    demo = build_app(service.config, service)
+    demo = build_app(service.config, service).blocks
     fix = "home 🏠 of"
     with served(demo) as url, chromium() as browser:
         page = browser.new_page()

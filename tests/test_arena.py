@@ -295,7 +295,8 @@ def test_hub_push_exports_then_uploads_the_folder(repo_path):
         def upload_folder(self, **kw):
             folder = DatasetRepo(kw["folder_path"])
             judged = folder.read(schema.JUDGMENTS) if folder.has(schema.JUDGMENTS) else []
-            self.calls.append(("upload_folder", kw, len(judged)))
+            files = {p.relative_to(folder.path).as_posix(): p.read_bytes() for p in folder.path.rglob("*") if p.is_file()}
+            self.calls.append(("upload_folder", {**kw, "files": files}, len(judged)))
             return "commit"
 
     api = RecordingApi()
@@ -315,7 +316,9 @@ def test_hub_push_exports_then_uploads_the_folder(repo_path):
     assert [n for *_, n in uploads].count(3) == 1  # exported before the upload, and committed once
     kw = uploads[-1][1]
     assert kw["repo_id"] == "org/arena-votes" and kw["repo_type"] == "dataset"
-    assert Path(kw["folder_path"]) == repo_path.resolve()
+    # a snapshot of the folder, taken under the export lock: the folder's files, byte for byte
+    local = {p.relative_to(repo_path).as_posix(): p.read_bytes() for p in repo_path.rglob("*") if p.is_file()}
+    assert kw["files"] == local
     assert kw["delete_patterns"] == ["data/judgments/*", "data/judge_stats/*"] and ".*" in kw["ignore_patterns"]
 
 
@@ -372,8 +375,8 @@ def test_space_app_builds_from_its_variables(repo_path, tmp_path, monkeypatch):
     monkeypatch.setenv("SPANPREF_JUDGES", "ann, bob")
     app = runpy.run_path(str(space / "app.py"))  # not as __main__: builds, does not launch
     demo = app["demo"]
-    assert isinstance(demo, gr.Blocks)
-    arena = demo.arena
+    assert isinstance(demo, gr.Blocks) and app["app"].blocks is demo
+    arena = app["app"].service
     assert arena.config.folder == str(repo_path) and arena.config.hub_repo is None  # a local folder: no push
     assert arena.store.path == Path("arena-state/arena.sqlite") and arena.auth.allowed == {"ann", "bob"}
     with pytest.raises(ValueError, match="not on this server's list"):

@@ -105,8 +105,8 @@ def test_the_app_limits_by_client_address_and_shows_the_reading_time_rule(folder
 
     cfg = ArenaConfig(folder=str(folder), db=str(tmp_path / "v.sqlite"), rounds=20, export_every=0, min_seconds=60,
                       votes_per_minute=5, address_votes_per_minute=3)  # fmt: skip
-    demo = build_app(cfg)
-    with served(demo, free_port()) as url:
+    app = build_app(cfg)
+    with served(app.blocks, free_port()) as url:
         messages = []
         for name in ("ann", "bob"):
             client = Client(url, verbose=False)
@@ -119,7 +119,7 @@ def test_the_app_limits_by_client_address_and_shows_the_reading_time_rule(folder
         board, note = client.predict(api_name="/leaderboard")
         assert "No votes" in board  # all three too fast to count
         assert "60 s" in note and "left out of the ratings" in note and "3 of 3" in note
-    assert demo.arena.store.count() == 3
+    assert app.service.store.count() == 3
 
 
 def test_the_handlers_that_need_the_request_get_it(folder, tmp_path):
@@ -127,7 +127,7 @@ def test_the_handlers_that_need_the_request_get_it(folder, tmp_path):
     the client's address, the OAuth arena's page load for the Hugging Face session."""
     import gradio.utils
 
-    demo = build_app(ArenaConfig(folder=str(folder), db=str(tmp_path / "o.sqlite"), oauth=True))
+    demo = build_app(ArenaConfig(folder=str(folder), db=str(tmp_path / "o.sqlite"), oauth=True)).blocks
     wanting = {f.name for f in demo.fns.values() if "request" in gradio.utils.get_type_hints(f.fn)}
     assert {"on_load", "handler"} <= wanting
 

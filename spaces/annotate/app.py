@@ -5,7 +5,8 @@ Configured by Space variables; see README.md. Locally, run `spanpref annotate FO
 
 from spanpref.ui.annotate import build_space_app
 
-demo = build_space_app()
+app = build_space_app()
+demo = app.blocks  # the name `gradio app.py` looks for; `app.service` is what serves the page
 
 if __name__ == "__main__":
     demo.launch(ssr_mode=False)

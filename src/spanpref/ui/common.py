@@ -18,6 +18,8 @@
 - `lock_down`: an app's `launch()` always refuses file uploads (the apps take none) and never shows raw
   exception text in the page.
 - `launch_local`: serve a `gr.Blocks` on 127.0.0.1 the way the tests and the CLI need it.
+- `App`: what `build_app` of either app returns (the `gr.Blocks`, the service behind it, its background work).
+- `state_dir`: the one rule for where a Space keeps an app's state (`STORAGE_MOUNT` when it is writable).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,8 +126,9 @@ def bound_list(value: Any, what: str, limit: int) -> list[Any]:
 def check_name(name: Any, bounds: Bounds = DEFAULT_BOUNDS) -> str:
     name = bound_text(name, "name", bounds.name, required=True).strip()
     if not NAME_RE.fullmatch(name):
-        raise UserError(f"name {name!r} may only use letters, digits, '_', '.' and '-' (starting with a letter "
-                        "or digit)")  # fmt: skip
+        raise UserError(
+            f"name {name!r} may only use letters, digits, '_', '.' and '-' (starting with a letter or digit)"
+        )
     return name
 
 
@@ -304,16 +307,19 @@ class LocalAuth:
         password = bound_text(password, "password", self.bounds.password)
         if len(password) < 4:
             raise AuthError("the password needs at least 4 characters")
-        if self.access_code is not None and not hmac.compare_digest(_code_bytes(access_code),
-                                                                    _code_bytes(self.access_code)):  # fmt: skip
+        if self.access_code is not None and not hmac.compare_digest(
+            _code_bytes(access_code), _code_bytes(self.access_code)
+        ):
             raise AuthError("wrong access code")
         self._check_allowed(name)
         with self.store.write() as db:
             row = db.execute("SELECT salt, hash FROM accounts WHERE name = ?", (name,)).fetchone()
             if row is None:
                 salt = secrets.token_bytes(16)
-                db.execute("INSERT INTO accounts VALUES (?, ?, ?, ?)", (name, salt, _hash_password(password, salt),
-                                                                         time.time()))  # fmt: skip
+                db.execute(
+                    "INSERT INTO accounts VALUES (?, ?, ?, ?)",
+                    (name, salt, _hash_password(password, salt), time.time()),
+                )
                 logger.info("new account %s", name)
             elif row["hash"] is None or not hmac.compare_digest(_hash_password(password, row["salt"]), row["hash"]):
                 raise AuthError(f"wrong password for {name!r} (names are claimed by their first login)")
@@ -432,8 +438,13 @@ class RefuseUploads:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope.get("path", "").rstrip("/").endswith("/upload"):
-            await send({"type": "http.response.start", "status": 403,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})  # fmt: skip
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
             await send({"type": "http.response.body", "body": b"this app accepts no file uploads"})
             return
         await self.app(scope, receive, send)
@@ -465,5 +476,42 @@ def launch_local(demo: Any, port: int, *, host: str = "127.0.0.1", block: bool =
     """Serve `demo` on host:port without server-side rendering (which needs node) and without analytics."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo.queue(default_concurrency_limit=None)
-    return demo.launch(server_name=host, server_port=port, ssr_mode=False, prevent_thread_lock=not block,
-                       quiet=True, **kwargs)  # fmt: skip
+    return demo.launch(
+        server_name=host, server_port=port, ssr_mode=False, prevent_thread_lock=not block, quiet=True, **kwargs
+    )
+
+
+@dataclass
+class App:
+    """A built app: `blocks` is the `gr.Blocks` to launch (uploads refused, see `lock_down`), `service` the object
+    behind the page (`AnnotationService`, `Arena`); `exporter` and `hub_sync` are its background work, if any."""
+
+    blocks: Any
+    service: Any
+    exporter: Any = None
+    hub_sync: Any = None
+
+    def stop(self) -> None:
+        """Stop the background work: the last export first, so that the last push carries it."""
+        if self.exporter is not None:
+            self.exporter.stop()
+        if self.hub_sync is not None:
+            self.hub_sync.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where a Space keeps its state
+# ---------------------------------------------------------------------------------------------------
+STORAGE_MOUNT = "/data"  # a Space's persistent storage (`spanpref space deploy --storage` mounts a bucket here)
+
+
+def state_dir(app: str, environ: Mapping[str, str] | None = None, *, mount: str | os.PathLike = STORAGE_MOUNT) -> Path:
+    """Where a Space keeps `app`'s state (its SQLite file, the working copy of a downloaded dataset):
+    `$SPANPREF_STATE_DIR` when set, else the persistent storage at `mount` when it is a writable folder, else
+    `./<app>-state`, which a restart loses (what was pushed to the dataset comes back from there)."""
+    env = os.environ if environ is None else environ
+    if env.get("SPANPREF_STATE_DIR"):
+        return Path(env["SPANPREF_STATE_DIR"])
+    if os.path.isdir(mount) and os.access(mount, os.W_OK):
+        return Path(mount)
+    return Path(f"{app}-state")

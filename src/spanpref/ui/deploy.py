@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from spanpref.repo import HubAuthError
+from spanpref.ui.common import STORAGE_MOUNT
 
 logger = logging.getLogger(__name__)
 
@@ -42,34 +43,53 @@ SPACE_APPS = {
     "annotate": SpaceApp("annotate", "SPANPREF_ANNOTATE_DATA", "SPANPREF_ANNOTATE_PUSH", "SPANPREF_ANNOTATORS"),
     "arena": SpaceApp("arena", "SPANPREF_ARENA_DATA", "SPANPREF_ARENA_PUSH", "SPANPREF_JUDGES"),
 }
-STORAGE_MOUNT = "/data"  # where both apps keep their state when it is writable
 
 
 @dataclass(kw_only=True)
 class SpaceDeployConfig:
     app: str = field(metadata={"help": f"which app: {' or '.join(SPACE_APPS)}", "positional": True})
-    space_id: str = field(metadata={"help": "the Space to create or update, e.g. my-org/feedback-space",
-                                    "positional": True})  # fmt: skip
+    space_id: str = field(
+        metadata={"help": "the Space to create or update, e.g. my-org/feedback-space", "positional": True}
+    )
     data: str = field(metadata={"help": "Hub dataset id the app reads (and, by default, pushes its results to)"})
     push: str | None = field(default=None, metadata={"help": "Hub dataset id to push results to (default: --data)"})
     private: bool = field(default=False, metadata={"help": "create the Space as private"})
-    hardware: str | None = field(default=None, metadata={"help": "Space hardware to request, e.g. cpu-upgrade "
-                                                          "(default: the free cpu-basic)"})  # fmt: skip
-    storage: str | None = field(default=None, metadata={"help": "persistent storage for the app's database: small, "
-                                                         "medium or large (default: none; a restart then keeps only "
-                                                         "what was pushed to the dataset)"})  # fmt: skip
-    allowed: list[str] | None = field(default=None, metadata={"help": "Hugging Face names allowed to annotate or "
-                                                              "judge (default: anyone signed in)"})  # fmt: skip
-    space_token: str | None = field(default=None, metadata={"help": "token stored as the Space's HF_TOKEN secret, "
-                                                            "with write access to the dataset (default: "
-                                                            "$SPANPREF_SPACE_TOKEN; without one the Space cannot "
-                                                            "push and the deploy says so)"})  # fmt: skip
-    token: str | None = field(default=None, metadata={"help": "Hub token for the deploy itself (default: the one "
-                                                      "saved by `hf auth login`, or HF_TOKEN)"})  # fmt: skip
-    wheel: str | None = field(default=None, metadata={"help": "a spanpref wheel to ship instead of building one from "
-                                                      "this checkout"})  # fmt: skip
-    dry_run: str | None = field(default=None, metadata={"help": "write the Space folder here and print the Hub calls "
-                                                        "a deploy would make, without making them"})  # fmt: skip
+    hardware: str | None = field(
+        default=None, metadata={"help": "Space hardware to request, e.g. cpu-upgrade (default: the free cpu-basic)"}
+    )
+    storage: str | None = field(
+        default=None,
+        metadata={
+            "help": "persistent storage for the app's database: small, "
+            "medium or large (default: none; a restart then keeps only "
+            "what was pushed to the dataset)"
+        },
+    )
+    allowed: list[str] | None = field(
+        default=None, metadata={"help": "Hugging Face names allowed to annotate or judge (default: anyone signed in)"}
+    )
+    space_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "token stored as the Space's HF_TOKEN secret, "
+            "with write access to the dataset (default: "
+            "$SPANPREF_SPACE_TOKEN; without one the Space cannot "
+            "push and the deploy says so)"
+        },
+    )
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token for the deploy itself (default: the one saved by `hf auth login`, or HF_TOKEN)"},
+    )
+    wheel: str | None = field(
+        default=None, metadata={"help": "a spanpref wheel to ship instead of building one from this checkout"}
+    )
+    dry_run: str | None = field(
+        default=None,
+        metadata={
+            "help": "write the Space folder here and print the Hub calls a deploy would make, without making them"
+        },
+    )
 
     def __post_init__(self) -> None:
         from huggingface_hub import SpaceHardware, SpaceStorage
@@ -119,8 +139,10 @@ def checkout_root() -> Path:
     """The source checkout spanpref is running from (setup.cfg beside src/)."""
     root = Path(__file__).resolve().parents[3]
     if not (root / "setup.cfg").is_file() or not (root / "spaces").is_dir():
-        raise FileNotFoundError(f"`spanpref space deploy` builds the Space from a source checkout of spanpref (with "
-                                f"setup.cfg and spaces/), but spanpref runs from {root}; run it from a clone")  # fmt: skip
+        raise FileNotFoundError(
+            f"`spanpref space deploy` builds the Space from a source checkout of spanpref (with "
+            f"setup.cfg and spaces/), but spanpref runs from {root}; run it from a clone"
+        )
     return root
 
 
@@ -135,8 +157,18 @@ def build_wheel(out_dir: Path, root: Path | None = None) -> Path:
         for name in ("setup.cfg", "pyproject.toml", "README.md"):
             shutil.copy2(root / name, src / name)
         built = Path(tmp) / "dist"
-        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(built),
-               str(src)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(built),
+            str(src),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"building the spanpref wheel failed:\n{done.stdout}{done.stderr}")
@@ -201,8 +233,13 @@ def plan_calls(config: SpaceDeployConfig, folder: Path) -> tuple[list[HubCall], 
 
     app = SPACE_APPS[config.app]
     sid = config.space_id
-    calls = [HubCall("create_repo", (sid,), {"repo_type": "space", "space_sdk": "gradio", "private": config.private,
-                                             "exist_ok": True})]  # fmt: skip
+    calls = [
+        HubCall(
+            "create_repo",
+            (sid,),
+            {"repo_type": "space", "space_sdk": "gradio", "private": config.private, "exist_ok": True},
+        )
+    ]
     variables = {app.data_variable: config.data, app.push_variable: config.push or config.data}
     if config.allowed:
         variables[app.allowed_variable] = ",".join(config.allowed)
@@ -212,27 +249,46 @@ def plan_calls(config: SpaceDeployConfig, folder: Path) -> tuple[list[HubCall], 
     if space_token:
         calls.append(HubCall("add_space_secret", (sid, "HF_TOKEN", space_token), secret=True))
     else:
-        notes.append(f"the Space has no HF_TOKEN secret, so it cannot push to {config.push or config.data}: add a "
-                     f"token with write access to that dataset as the secret HF_TOKEN in the Space's settings, or "
-                     f"deploy again with --space-token")  # fmt: skip
+        notes.append(
+            f"the Space has no HF_TOKEN secret, so it cannot push to {config.push or config.data}: add a "
+            f"token with write access to that dataset as the secret HF_TOKEN in the Space's settings, or "
+            f"deploy again with --space-token"
+        )
     if config.storage:
         # huggingface_hub 2.x mounts storage buckets as volumes (the fixed storage tiers went with 1.x); the bucket
         # holds the app's database (password hashes, unpushed work), so it is private whatever the Space is
         bucket = f"{sid}-state"
         calls.append(HubCall("create_bucket", (bucket,), {"private": True, "exist_ok": True}))
-        calls.append(HubCall("set_space_volumes", (sid,), {"volumes": [Volume(type="bucket", source=bucket,
-                                                                               mount_path=STORAGE_MOUNT)]}))  # fmt: skip
+        calls.append(
+            HubCall(
+                "set_space_volumes",
+                (sid,),
+                {"volumes": [Volume(type="bucket", source=bucket, mount_path=STORAGE_MOUNT)]},
+            )
+        )
     if config.hardware:
         calls.append(HubCall("request_space_hardware", (sid, SpaceHardware(config.hardware))))
     if config.private:
-        notes.append("the Space is private: its build downloads the spanpref wheel from the Space itself, which "
-                     "needs the build to read the private repo; if the build log shows a 401/404 for the wheel, "
-                     "make the Space public or host the wheel where the build can read it")  # fmt: skip
-    calls.append(HubCall("upload_folder", (), {"repo_id": sid, "repo_type": "space", "folder_path": str(folder),
-                                               "commit_message": f"spanpref space deploy {config.app}",
-                                               "ignore_patterns": [".*", "**/.*"],
-                                               # a new wheel replaces the old one (names carry the version)
-                                               "delete_patterns": ["wheels/*.whl"]}))  # fmt: skip
+        notes.append(
+            "the Space is private: its build downloads the spanpref wheel from the Space itself, which "
+            "needs the build to read the private repo; if the build log shows a 401/404 for the wheel, "
+            "make the Space public or host the wheel where the build can read it"
+        )
+    calls.append(
+        HubCall(
+            "upload_folder",
+            (),
+            {
+                "repo_id": sid,
+                "repo_type": "space",
+                "folder_path": str(folder),
+                "commit_message": f"spanpref space deploy {config.app}",
+                "ignore_patterns": [".*", "**/.*"],
+                # a new wheel replaces the old one (names carry the version)
+                "delete_patterns": ["wheels/*.whl"],
+            },
+        )
+    )
     return calls, notes
 
 
@@ -248,9 +304,11 @@ def deploy_space(config: SpaceDeployConfig, *, api: Any = None) -> DeployResult:
         return DeployResult(folder, calls, url, notes)
     token = config.token or get_token()
     if not token:
-        raise HubAuthError("no Hugging Face token: run `hf auth login` (or set HF_TOKEN) with a token that can "
-                           "create Spaces (https://huggingface.co/settings/tokens), then deploy again; "
-                           "`--dry-run FOLDER` shows the Space and the calls without one")  # fmt: skip
+        raise HubAuthError(
+            "no Hugging Face token: run `hf auth login` (or set HF_TOKEN) with a token that can "
+            "create Spaces (https://huggingface.co/settings/tokens), then deploy again; "
+            "`--dry-run FOLDER` shows the Space and the calls without one"
+        )
     if api is None:
         from huggingface_hub import HfApi
 
