@@ -11,8 +11,8 @@ import pytest
 from spanpref import schema
 from spanpref.importers.qa_feedback import import_qa_feedback, load_qa_feedback_records
 from spanpref.pairs import (
+    CONSTRUCTION_CONFIGS,
     PAIR_BUILDERS,
-    PAIR_CONFIGS,
     PAIR_INPUTS,
     PairConfig,
     assign_splits,
@@ -102,8 +102,8 @@ def all_rows(folder: Path, config: str) -> dict[str, list[dict]]:
 
 
 def test_builders_are_named_and_unknown_names_list_the_choices(tmp_path):
-    assert set(PAIR_BUILDERS) == set(PAIR_CONFIGS) == set(PAIR_INPUTS)
-    assert set(PAIR_CONFIGS.values()) == set(schema.PAIR_CONFIGS) | {schema.SFT_FULL_REWRITE}
+    assert set(PAIR_BUILDERS) == set(CONSTRUCTION_CONFIGS) == set(PAIR_INPUTS)
+    assert set(CONSTRUCTION_CONFIGS.values()) == set(schema.PAIR_CONFIGS) | {schema.SFT_FULL_REWRITE}
     with pytest.raises(ValueError, match=r"unknown pair construction 'dpo'; choose from \['ab', "):
         get_pair_builder("dpo")
     with pytest.raises(ValueError, match="unknown pair construction"):

@@ -291,9 +291,14 @@ class ResponseGenerationConfig:
     limit: int | None = field(default=None, metadata={"help": "only the first N queries"})
 
 
-def _slug(model_id: str) -> str:
-    tail = model_id.rstrip("/").split("/")[-1] or model_id
-    return re.sub(r"[^A-Za-z0-9.]+", "-", tail).strip("-").lower()[:40] or "model"
+def slug(text: str, max_chars: int = 60) -> str:
+    """`text` as a piece of a row id: letters, digits, `.`, `_` and `-` only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:max_chars] or "model"
+
+
+def model_slug(model_id: str) -> str:
+    """A model id or path as a piece of a row id: its last path component, lower-cased."""
+    return slug((model_id.rstrip("/").split("/")[-1] or model_id).lower(), 40)
 
 
 def generate_responses(
@@ -309,14 +314,14 @@ def generate_responses(
     docs = {d["doc_id"]: d for d in repo.read(schema.DOCUMENTS)}
     queries = repo.read(schema.QUERIES)[: cfg.limit]
     done = {r["response_id"] for r in repo.read(schema.RESPONSES)} if repo.has(schema.RESPONSES) else set()
-    slug = _slug(backend.model_id)
+    model_tag = model_slug(backend.model_id)
     items = []
     for q in queries:
         messages = prompt.messages(
             text=truncate_text(docs[q["doc_id"]]["text"], cfg.max_document_chars), query=q["query"]
         )
         for j in range(cfg.n_responses):
-            rid = f"{q['query_id']}-{slug}-s{j}"
+            rid = f"{q['query_id']}-{model_tag}-s{j}"
             if rid not in done:
                 items.append(WorkItem(rid, messages, {"query_id": q["query_id"], "sample": j}))
     skipped = len(queries) * cfg.n_responses - len(items)

@@ -213,7 +213,7 @@ PAIR_BUILDERS: dict[str, Callable[[PairInputs], list[Row]]] = {
     "sft_full_rewrite": build_sft_full_rewrite,
 }
 # construction -> the config its rows go to
-PAIR_CONFIGS: dict[str, str] = {
+CONSTRUCTION_CONFIGS: dict[str, str] = {
     "ab": schema.PAIRS_AB,
     "first_edit": schema.PAIRS_FIRST_EDIT,
     "full_rewrite": schema.PAIRS_FULL_REWRITE,
@@ -444,7 +444,7 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
             report.skipped[name] = f"{folder} has no {', '.join(missing)} config"
             continue
         rows, dropped = drop_degenerate(get_pair_builder(name)(inputs))
-        config = PAIR_CONFIGS[name]
+        config = CONSTRUCTION_CONFIGS[name]
         report.dropped[config] = len(dropped)
         if dropped:
             logger.warning("%s: dropped %d degenerate pair(s) (chosen == rejected), e.g. %s", name, len(dropped),
@@ -454,7 +454,7 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
             continue
         built[name] = rows
     rule = count_expected_pairs(inputs)
-    report.expected = {PAIR_CONFIGS[n]: rule[n] for n in cfg.constructions if PAIR_CONFIGS[n] in report.dropped}
+    report.expected = {CONSTRUCTION_CONFIGS[n]: rule[n] for n in cfg.constructions if CONSTRUCTION_CONFIGS[n] in report.dropped}
 
     stray = sorted({r["query_id"] for rows in built.values() for r in rows} - set(assignment))
     if stray:  # a builder bug: a pair whose query is neither compared nor annotated
@@ -467,14 +467,14 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
         per_split: dict[str, list[Row]] = {s: [] for s in cfg.splits}
         for r in rows:
             per_split[assignment[r["query_id"]]].append(r)
-        out[PAIR_CONFIGS[name]] = {s: rs for s, rs in per_split.items() if rs}
-        report.counts[PAIR_CONFIGS[name]] = {s: len(rs) for s, rs in per_split.items()}
+        out[CONSTRUCTION_CONFIGS[name]] = {s: rs for s, rs in per_split.items() if rs}
+        report.counts[CONSTRUCTION_CONFIGS[name]] = {s: len(rs) for s, rs in per_split.items()}
     for config in report.dropped:  # constructions that ran but gave no pairs
         report.counts.setdefault(config, dict.fromkeys(cfg.splits, 0))
     problems = report.counting_problems()
     if problems:  # a builder bug: nothing is written
         raise RuntimeError("pair counts break the counting rule: " + "; ".join(problems))
-    report.stale = [c for n, c in PAIR_CONFIGS.items() if c not in out and repo.has(c)]
+    report.stale = [c for n, c in CONSTRUCTION_CONFIGS.items() if c not in out and repo.has(c)]
     if report.stale:
         logger.warning("%s left from an earlier build; their splits may differ", ", ".join(report.stale))
     if out:

@@ -71,7 +71,7 @@ def load_contexts(
     responses = {r["response_id"]: r for r in repo.read(schema.RESPONSES)}
     queries = {q["query_id"]: q for q in repo.read(schema.QUERIES)}
     documents = {d["doc_id"]: d for d in repo.read(schema.DOCUMENTS)}
-    from spanpref.generate import _slug
+    from spanpref.generate import model_slug
 
     contexts = []
     for ann in repo.read(schema.ANNOTATIONS):
@@ -85,7 +85,7 @@ def load_contexts(
         query = queries[response["query_id"]]
         labels = {s["span_id"]: _labels(s, taxonomy) for s in ann["spans"]}
         contexts.append(ChainContext(
-            chain_id=f"{ann['annotation_id']}-{rewriter}-{_slug(model_id)}", annotation_id=ann["annotation_id"],
+            chain_id=f"{ann['annotation_id']}-{rewriter}-{model_slug(model_id)}", annotation_id=ann["annotation_id"],
             query=query["query"], document=documents[query["doc_id"]]["text"], a0=response["text"],
             dislikes=dislikes, likes=[s for s in spans if s.polarity == schema.LIKE], reason_labels=labels,
             correction=ann.get("reference_rewrite"), annotator=ann.get("annotator") or "",

@@ -9,14 +9,13 @@ journaled stage through `spanpref.generate.run_stage`: a killed run resumes wher
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig
-from spanpref.generate import ItemState, StageReport, WorkItem, run_stage
+from spanpref.generate import ItemState, StageReport, WorkItem, run_stage, slug
 from spanpref.prompts import load_prompt, truncate_text
 from spanpref.repo import RepoError, open_repo
 
@@ -82,10 +81,6 @@ def select_queries(folder: str, queries: str = "test", pairs_config: str | None 
     return sorted(ids)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:60] or "model"
-
-
 def generate_eval_outputs(
     folder: str,
     models: list[tuple[str, str]],
@@ -113,10 +108,10 @@ def generate_eval_outputs(
     reports = []
     for name, model in models:
         done = {r["output_id"] for r in repo.read(schema.EVAL_OUTPUTS)} if repo.has(schema.EVAL_OUTPUTS) else set()
-        slug = _slug(name)
+        name_slug = slug(name)
         items = []
         for qid in query_ids:
-            output_id = f"{qid}-{slug}"
+            output_id = f"{qid}-{name_slug}"
             if output_id in done:
                 continue
             q = queries[qid]
