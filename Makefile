@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 OUT ?= outputs/demo
-QA_FEEDBACK ?= $(firstword $(wildcard ../shared/data/qa_feedback) bundled)
+QA_FEEDBACK ?= bundled
 
 # Tests run offline, on few threads (2 shared cores: default threading makes step times swing 100x).
 TEST_ENV = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \

@@ -1,4 +1,4 @@
-"""Issue 4's measurement: both rewriters on all 300 bundled qa-feedback examples with the bundled model.
+"""A measurement: both rewriters on all 300 bundled qa-feedback examples with the bundled model.
 
     spanpref import qa-feedback bundled --output outputs/qaf300
     python scripts/chains_qa_feedback300.py outputs/qaf300 [--threads 2] [--rewriters local paper]
