@@ -243,7 +243,7 @@ def test_openai_many_concurrent_requests_come_back_in_order(llama_server):
 @pytest.mark.slow
 @pytest.mark.server
 def test_openai_context_overflow_is_a_clear_client_error(llama_server):
-    backend = OpenAIBackend(llama_server.base_url, max_retries=3, retry_base_delay=0.01, progress=False)
+    backend = OpenAIBackend(llama_server.base_url, max_retries=3, progress=False)
     too_long = [{"role": "user", "content": "word " * 3000}]  # > n_ctx=2048 tokens
     with pytest.raises(GenerationError, match=r"request 0 failed: .*HTTP 400.*context size") as caught:
         backend.generate([too_long], GenerationConfig(max_new_tokens=4))
@@ -257,7 +257,7 @@ def test_openai_context_overflow_is_a_clear_client_error(llama_server):
 @pytest.mark.server
 def test_server_killed_mid_run_keeps_finished_results(start_llama_server):
     server = start_llama_server()
-    backend = OpenAIBackend(server.base_url, max_concurrency=2, max_retries=2, retry_base_delay=0.05, progress=False)
+    backend = OpenAIBackend(server.base_url, max_concurrency=2, max_retries=2, progress=False)
     received: dict[int, list[Completion]] = {}
 
     def persist_then_crash_server(index: int, completions: list[Completion]) -> None:
@@ -355,7 +355,7 @@ def ok(text: str, prompt_tokens: int = 7, completion_tokens: int = 3) -> tuple[i
 def test_429_and_503_are_retried_then_succeed():
     script = [(429, {"Retry-After": "0"}, {"error": "slow down"}), (503, {}, {"error": "loading"}), ok("hi there")]
     with ScriptedServer(script) as server:
-        backend = OpenAIBackend(server.base_url, max_retries=3, retry_base_delay=0.01, progress=False)
+        backend = OpenAIBackend(server.base_url, max_retries=3, progress=False)
         assert backend.model_id == server.base_url  # this server has no /models: the URL is all there is
         results = backend.generate([CHATS[2]], GenerationConfig(temperature=0.0, max_new_tokens=5, seed=3))
 
@@ -364,7 +364,7 @@ def test_429_and_503_are_retried_then_succeed():
     assert [r["path"] for r in server.requests] == ["/v1/chat/completions"] * 3
     expected = {"messages": CHATS[2], "max_tokens": 5, "temperature": 0.0, "top_p": 1.0, "seed": 3, "stream": False}
     for request in server.requests:
-        # InferenceClient fills in model="dummy" when none is given; llama.cpp and TGI ignore the field.
+        # model="dummy" when none is given (the SDK requires one); llama.cpp and TGI ignore the field.
         assert {k: v for k, v in request["body"].items() if v is not None} == {**expected, "model": "dummy"}
         assert "authorization" not in {k.lower() for k in request["headers"]}, "no key should go to a local server"
 
@@ -386,7 +386,7 @@ def test_n_samples_are_separate_requests_with_successive_seeds():
 
 def test_400_fails_at_once_with_status_and_body():
     with ScriptedServer([(400, {}, {"error": {"message": "temperature is out of range"}})]) as server:
-        backend = OpenAIBackend(server.base_url, max_retries=3, retry_base_delay=0.01, progress=False)
+        backend = OpenAIBackend(server.base_url, max_retries=3, progress=False)
         with pytest.raises(GenerationError, match=r"HTTP 400.*temperature is out of range") as caught:
             backend.generate([CHATS[0]], GenerationConfig())
 
@@ -396,8 +396,31 @@ def test_400_fails_at_once_with_status_and_body():
 
 def test_persistent_5xx_gives_up_after_max_retries():
     with ScriptedServer([(500, {}, {"error": "boom"})], repeat_last=True) as server:
-        backend = OpenAIBackend(server.base_url, max_retries=2, retry_base_delay=0.01, progress=False)
+        backend = OpenAIBackend(server.base_url, max_retries=2, progress=False)
         with pytest.raises(GenerationError, match=r"after 3 attempts \(last: HTTP 500"):
             backend.generate([CHATS[0]], GenerationConfig())
 
     assert len(server.requests) == 3
+
+
+def test_response_format_is_sent_as_given():
+    # huggingface_hub's client rewrote json_schema into TGI's {"type": "json_object", "value": ...}, which llama.cpp
+    # ignores; the body must carry the OpenAI form unchanged
+    with ScriptedServer([ok('{"steps": ["a", "b"]}'), ok("prose")]) as server:
+        backend = OpenAIBackend(server.base_url, progress=False)
+        backend.generate([CHATS[0], CHATS[1]], GenerationConfig(), response_format=[_steps_format(2), None])
+
+    formats = sorted((r["body"].get("response_format") for r in server.requests), key=lambda f: f is None)
+    assert formats == [_steps_format(2), None]
+
+
+def test_offline_mode_reaches_this_machine_only(monkeypatch):
+    import spanpref.backends.openai_backend as openai_backend
+
+    monkeypatch.setattr(openai_backend, "is_offline_mode", lambda: True)
+    with ScriptedServer([ok("local")]) as server:
+        backend = OpenAIBackend(server.base_url, progress=False)
+        assert backend.generate([CHATS[0]], GenerationConfig())[0][0].text == "local"
+    remote = OpenAIBackend("https://api.example.com/v1", token="k", progress=False)
+    with pytest.raises(GenerationError, match=r"HF_HUB_OFFLINE is set, so only a server on this machine"):
+        remote.generate([CHATS[0]], GenerationConfig())

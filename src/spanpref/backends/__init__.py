@@ -16,9 +16,9 @@ from spanpref.backends.base import (
     is_prefill,
 )
 from spanpref.backends.config import BackendConfig
-from spanpref.backends.openai_backend import OpenAIBackend
 
 if TYPE_CHECKING:
+    from spanpref.backends.openai_backend import OpenAIBackend
     from spanpref.backends.transformers_backend import TransformersBackend
 
 
@@ -29,9 +29,16 @@ def build_transformers_backend(**kwargs) -> Backend:
     return TransformersBackend(**kwargs)
 
 
+def build_openai_backend(**kwargs) -> Backend:
+    # Imported on use as well: the openai SDK takes half a second to import, on every CLI start otherwise.
+    from spanpref.backends.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(**kwargs)
+
+
 BACKENDS = {
     "transformers": build_transformers_backend,
-    "openai": OpenAIBackend,
+    "openai": build_openai_backend,
 }
 
 
@@ -47,6 +54,10 @@ def __getattr__(name: str):
         from spanpref.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend
+    if name == "OpenAIBackend":
+        from spanpref.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,8 +1,14 @@
 """Chat completions from any OpenAI-compatible server (TGI Messages API, vLLM, llama.cpp, HF Inference Providers).
 
-Requests go through `huggingface_hub.InferenceClient(base_url=...)`. Each completion is its own HTTP call (sample j
+Requests go through the `openai` SDK, whose client also does the retries (timeouts, dropped connections, 408, 409,
+429 and 5xx, with exponential backoff that honours `Retry-After`). Each completion is its own HTTP call (sample j
 with seed `config.seed + j`) because llama.cpp ignores `n`, and one call per sample keeps seeds meaningful
 everywhere.
+
+Concurrency is a thread pool around the SDK's synchronous client rather than its async client: `iter_generate` is a
+plain generator whose caller persists each result (blocking file writes) between yields, and the pool keeps
+`max_concurrency` requests in flight meanwhile without an event loop running in a side thread. The client is
+thread-safe and shares one connection pool.
 """
 
 from __future__ import annotations
@@ -10,14 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from urllib.parse import urlparse
 
-import httpx2
-from huggingface_hub import InferenceClient, hf_raise_for_status
-from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError
+import openai
+from huggingface_hub import get_token, is_offline_mode
 from tqdm.auto import tqdm
 
 from spanpref.backends.base import (
@@ -33,12 +37,19 @@ from spanpref.backends.base import (
 )
 
 logger = logging.getLogger(__name__)
+# One line per HTTP request (httpx2 is the transport of openai and huggingface_hub) or per retry is noise in a
+# run of thousands of requests; a failure that remains is reported once, with its attempts.
+for _name in ("httpx", "httpx2", "openai"):
+    if logging.getLogger(_name).level == logging.NOTSET:  # a level the user set stays
+        logging.getLogger(_name).setLevel(logging.WARNING)
 
 HF_ROUTER_URL = "https://router.huggingface.co/v1"
-# 408/409/425/429 are "try again later"; 5xx covers a server that is overloaded, restarting or behind a failing proxy.
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+# the statuses the SDK retries: "try again later", and a server that is overloaded, restarting or behind a proxy
+RETRYABLE_STATUS = frozenset({408, 409, 429})
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 HF_HOST_SUFFIXES = ("huggingface.co", "huggingface.cloud", "hf.space")
+# what the request body names as the model when none is given; llama.cpp and TGI serve one model and ignore it
+UNNAMED_MODEL = "dummy"
 
 
 class RequestFailed(RuntimeError):
@@ -54,54 +65,11 @@ def is_loopback(url: str) -> bool:
     return (urlparse(url).hostname or "").lower() in LOCAL_HOSTS
 
 
-class LoopbackInferenceClient(InferenceClient):
-    """InferenceClient that can reach a server on this machine while `HF_HUB_OFFLINE=1`.
-
-    huggingface_hub's shared HTTP session refuses every request in offline mode, loopback included, although a
-    local llama.cpp/vLLM/TGI server is not the Hub. Non-streamed calls to loopback URLs therefore go through a
-    private httpx client; everything else (remote hosts, streaming) keeps the stock behaviour, offline check included.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # trust_env=False: proxy settings from the environment are meant for the outside world, not this machine.
-        self._loopback_session = httpx2.Client(follow_redirects=True, trust_env=False)
-        self._request = threading.local()  # per calling thread: the response_format to send as given
-
-    def send_response_format(self, response_format: ResponseFormat) -> None:
-        """Send `response_format` exactly as given with this thread's next requests (None: stop).
-
-        huggingface_hub rewrites an OpenAI `json_schema` response format into TGI's `{"type": "json_object",
-        "value": schema}` for every base URL; llama.cpp and vLLM read neither `value` nor that type's schema, and
-        answer unconstrained. The OpenAI form is what these servers, TGI's Messages API and OpenAI accept.
-        """
-        self._request.response_format = response_format
-
-    def _inner_post(self, request_parameters, *, stream: bool = False):  # overrides a private method (hub pinned)
-        wanted = getattr(self._request, "response_format", None)
-        if wanted is not None and isinstance(request_parameters.json, dict):
-            request_parameters.json["response_format"] = wanted
-        if stream or not is_loopback(request_parameters.url):
-            return super()._inner_post(request_parameters, stream=stream)
-        try:
-            response = self._loopback_session.post(
-                request_parameters.url,
-                json=request_parameters.json,
-                content=request_parameters.data,
-                headers=request_parameters.headers,
-                timeout=self.timeout,
-            )
-        except httpx2.TimeoutException as error:
-            raise InferenceTimeoutError(f"Inference call timed out: {request_parameters.url}") from error
-        hf_raise_for_status(response)
-        return response.content
-
-
 def resolve_token(base_url: str, token: str | None = None) -> str | None:
     """The API key to send to `base_url`: the argument, else one from the environment that fits the host.
 
-    Local servers get none, HF hosts get `HF_TOKEN`, other hosts `OPENAI_API_KEY`: an HF token should not leak to
-    third-party servers, nor an OpenAI key to Hugging Face.
+    Local servers get none, HF hosts the Hugging Face token (`HF_TOKEN` or the one saved by `hf auth login`), other
+    hosts `OPENAI_API_KEY`: an HF token should not leak to third-party servers, nor an OpenAI key to Hugging Face.
     """
     if token is not None:
         return token
@@ -109,45 +77,41 @@ def resolve_token(base_url: str, token: str | None = None) -> str | None:
         return None
     host = (urlparse(base_url).hostname or "").lower()
     if host.endswith(HF_HOST_SUFFIXES):
-        return os.environ.get("HF_TOKEN") or None
+        return get_token() or None
     return os.environ.get("OPENAI_API_KEY") or None
 
 
-def _status_of(error: BaseException) -> int | None:
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", None)
+def is_retryable_status(status: int | None) -> bool:
+    """Whether the SDK retried a request that ended with `status` (None: no response, e.g. a dropped connection)."""
+    return status is None or status in RETRYABLE_STATUS or status >= 500
 
 
-def _body_of(error: BaseException, limit: int = 500) -> str:
-    response = getattr(error, "response", None)
+def _attempts(error: openai.APIError) -> int:
+    """How many times the SDK sent the request: it numbers each try in the `x-stainless-retry-count` header."""
+    request = error.response.request if isinstance(error, openai.APIStatusError) else error.request
     try:
-        return response.text[:limit] if response is not None else ""
-    except Exception:  # the body may already be consumed or unreadable; the status is still worth reporting
-        return ""
+        return int(request.headers.get("x-stainless-retry-count", 0)) + 1
+    except (AttributeError, RuntimeError, ValueError):  # a request the SDK did not build (mocked transports)
+        return 1
 
 
-def is_retryable(error: BaseException) -> bool:
-    if isinstance(error, (InferenceTimeoutError, httpx2.TransportError)):
-        return True  # timeouts, refused or dropped connections: the server may come back
-    status = _status_of(error)
-    return status is not None and (status in RETRYABLE_STATUS or status >= 500)
-
-
-def _retry_after_seconds(error: BaseException) -> float | None:
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date; rare enough to fall back to our own backoff
+def _describe(error: openai.APIError, limit: int = 500) -> str:
+    if isinstance(error, openai.APIStatusError):
+        try:
+            body = error.response.text[:limit]
+        except Exception:  # the body may be unreadable; the status is still worth reporting
+            body = ""
+        return f"HTTP {error.status_code}: {body or error}"
+    cause = f" ({type(error.__cause__).__name__}: {error.__cause__})" if error.__cause__ else ""
+    return f"{type(error).__name__}: {error}{cause}"
 
 
 class OpenAIBackend(Backend):
-    """Chat completions over HTTP with bounded concurrency and retries.
+    """Chat completions over HTTP with bounded concurrency and the SDK's retries.
 
     `base_url` is the server's OpenAI-compatible root, e.g. "http://127.0.0.1:8080/v1" for llama.cpp or vLLM, a TGI
     endpoint + "/v1", or the HF router (default). `model` goes into the request body; servers that host a single
-    model (llama.cpp, TGI) ignore it.
+    model (llama.cpp, TGI) ignore it. `max_retries` and `timeout` (seconds per attempt) are the SDK's.
     """
 
     def __init__(
@@ -158,8 +122,6 @@ class OpenAIBackend(Backend):
         token: str | None = None,
         max_concurrency: int = 4,
         max_retries: int = 5,
-        retry_base_delay: float = 1.0,
-        retry_max_delay: float = 30.0,
         timeout: float | None = 300.0,
         progress: bool = True,
     ) -> None:
@@ -172,12 +134,19 @@ class OpenAIBackend(Backend):
         self._served_model: str | None = None
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
-        self.retry_base_delay = retry_base_delay
-        self.retry_max_delay = retry_max_delay
         self.progress = progress
         self.usage = Usage()
-        self.client = LoopbackInferenceClient(
-            base_url=self.base_url, token=resolve_token(self.base_url, token), timeout=timeout
+        api_key = resolve_token(self.base_url, token)
+        # Without a key the Authorization header is left out of every request (a local server gets no credentials);
+        # the placeholder only satisfies the SDK's check at construction and is never sent.
+        self._headers = {} if api_key else {"Authorization": openai.omit}
+        self.client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "unused",
+            max_retries=max_retries,
+            timeout=timeout,
+            # proxy settings from the environment are meant for the outside world, not for this machine
+            http_client=openai.DefaultHttpxClient(trust_env=not is_loopback(self.base_url)),
         )
 
     @property
@@ -194,10 +163,9 @@ class OpenAIBackend(Backend):
         if not is_loopback(self.base_url):
             return None
         try:
-            response = self.client._loopback_session.get(self.base_url + "/models", timeout=10)
-            response.raise_for_status()
-            ids = [m.get("id") for m in response.json().get("data", []) if isinstance(m, dict)]
-        except (httpx2.HTTPError, ValueError, AttributeError) as error:
+            page = self.client.with_options(max_retries=0, timeout=10).models.list(extra_headers=self._headers)
+            ids = [m.id for m in page.data]
+        except (openai.APIError, ValueError, AttributeError) as error:
             logger.info("%s/models did not name the model (%s); rows record the URL", self.base_url, error)
             return None
         return ids[0] if len(ids) == 1 and isinstance(ids[0], str) and ids[0] else None
@@ -205,37 +173,35 @@ class OpenAIBackend(Backend):
     def complete(
         self, messages: Messages, config: GenerationConfig, seed: int, response_format: ResponseFormat = None
     ) -> Completion:
-        """One chat completion, retried with exponential backoff on timeouts, dropped connections, 429 and 5xx."""
-        self.client.send_response_format(response_format)
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self.client.chat_completion(
-                    messages,
-                    model=self.model,
-                    max_tokens=config.max_new_tokens,
-                    temperature=config.temperature,
-                    top_p=config.top_p,
-                    seed=seed,
-                    response_format=response_format,
-                )
-                break
-            except (HfHubHTTPError, InferenceTimeoutError, httpx2.TransportError) as error:
-                status = _status_of(error)
-                described = (
-                    f"HTTP {status}: {_body_of(error) or error}" if status else f"{type(error).__name__}: {error}"
-                )
-                if not is_retryable(error):
-                    raise RequestFailed(f"{self.base_url} refused the request ({described})", status=status) from error
-                if attempt == self.max_retries:
-                    raise RequestFailed(
-                        f"{self.base_url} still failing after {attempt + 1} attempts (last: {described})",
-                        status=status,
-                        attempts=attempt + 1,
-                    ) from error
-                delay = min(self.retry_max_delay, self.retry_base_delay * 2**attempt)
-                delay = max(delay, min(self.retry_max_delay, _retry_after_seconds(error) or 0.0))
-                logger.warning("attempt %d failed (%s); retrying in %.2f s", attempt + 1, described, delay)
-                time.sleep(delay)
+        """One chat completion; the SDK retries timeouts, dropped connections, 408, 409, 429 and 5xx.
+
+        `response_format` goes into the body exactly as given: llama.cpp, vLLM, TGI's Messages API and OpenAI all
+        read the OpenAI `json_schema` form."""
+        if is_offline_mode() and not is_loopback(self.base_url):
+            raise RequestFailed(
+                f"{self.base_url}: HF_HUB_OFFLINE is set, so only a server on this machine (127.0.0.1, localhost) is "
+                "reached; unset HF_HUB_OFFLINE to use this one"
+            )
+        try:
+            response = self.client.chat.completions.create(
+                messages=messages,
+                model=self.model or UNNAMED_MODEL,
+                max_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=seed,
+                stream=False,
+                response_format=response_format if response_format is not None else openai.omit,
+                extra_headers=self._headers,
+            )
+        except openai.APIError as error:
+            status = getattr(error, "status_code", None)
+            attempts = _attempts(error)
+            if not is_retryable_status(status):
+                message = f"{self.base_url} refused the request ({_describe(error)})"
+            else:
+                message = f"{self.base_url} still failing after {attempts} attempts (last: {_describe(error)})"
+            raise RequestFailed(message, status=status, attempts=attempts) from error
         choice = response.choices[0]
         usage = response.usage
         text = choice.message.content or ""
@@ -258,50 +224,48 @@ class OpenAIBackend(Backend):
         response_format: ResponseFormat | list[ResponseFormat] = None,
     ) -> Iterator[tuple[int, list[Completion]]]:
         formats = response_formats(response_format, len(requests))
+        failed = threading.Event()  # set by the first failure: no request starts after it
+
+        def sample(i: int, j: int) -> Completion | None:
+            if failed.is_set():
+                return None
+            try:
+                return self.complete(requests[i], config, config.seed + j, formats[i])
+            except BaseException:
+                failed.set()
+                raise
+
         pending: dict[int, dict[int, Completion]] = {}
         completed: dict[int, list[Completion]] = {}
         failures: dict[int, BaseException] = {}
-        jobs = iter([(i, j) for i in range(len(requests)) for j in range(config.n)])
-        running: dict[Future, tuple[int, int]] = {}
-        executor = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="spanpref-openai")
         bar = tqdm(total=len(requests) * config.n, desc="generate", unit="sample", disable=not self.progress)
-
-        def submit_next() -> None:
-            # Submitting lazily (never more than max_concurrency in flight) means nothing new starts after a
-            # failure, and nothing queued has to be cancelled.
-            for i, j in jobs:
-                if i in failures:
-                    continue
-                future = executor.submit(self.complete, requests[i], config, config.seed + j, formats[i])
-                running[future] = (i, j)
-                return
-
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="spanpref-openai")
         try:
-            for _ in range(self.max_concurrency):
-                submit_next()
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    i, j = running.pop(future)
+            # all queued at once: the pool keeps max_concurrency in flight while the caller persists a result
+            futures = {pool.submit(sample, i, j): (i, j) for i in range(len(requests)) for j in range(config.n)}
+            for future in as_completed(futures):
+                i, j = futures[future]
+                error = future.exception()
+                if error is not None:
+                    failures.setdefault(i, error)
+                    logger.error("request %d (sample %d) failed: %s", i, j, error)
                     bar.update(1)
-                    error = future.exception()
-                    if error is not None:
-                        failures.setdefault(i, error)
-                        logger.error("request %d (sample %d) failed: %s", i, j, error)
-                        continue
-                    completion = future.result()
-                    self.usage.add(completion)
-                    if not failures:
-                        submit_next()  # before yielding, so the server stays busy while the caller persists results
-                    pending.setdefault(i, {})[j] = completion
-                    if len(pending[i]) == config.n and i not in failures:
-                        samples = pending.pop(i)
-                        completed[i] = [samples[k] for k in range(config.n)]
-                        yield i, completed[i]
+                    continue
+                completion = future.result()
+                if completion is None:  # not started: an earlier request failed
+                    continue
+                bar.update(1)
+                self.usage.add(completion)
+                pending.setdefault(i, {})[j] = completion
+                if len(pending[i]) == config.n and i not in failures:
+                    samples = pending.pop(i)
+                    completed[i] = [samples[k] for k in range(config.n)]
+                    yield i, completed[i]
         finally:
             bar.close()
-            # Reached early only if the consumer stopped iterating: let in-flight calls end, start nothing new.
-            executor.shutdown(wait=False, cancel_futures=True)
+            # reached early only if the consumer stopped iterating: let in-flight calls end, start nothing new
+            failed.set()
+            pool.shutdown(wait=False, cancel_futures=True)
 
         if failures:
             first = min(failures)
