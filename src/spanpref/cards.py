@@ -65,7 +65,7 @@ def render_card(card_class: type[RepoCard], data: CardData, template: str, **kwa
     return text + "\n" if template.endswith("\n") else text
 
 
-def card_text(card_class: type[RepoCard], meta: dict[str, Any], body: str = "") -> str:
+def render_card_text(card_class: type[RepoCard], meta: dict[str, Any], body: str = "") -> str:
     """A card of `meta` (front matter written by `card_class`'s card data) and the finished `body`."""
     return render_card(card_class, card_class.card_data_class(**meta), _BODY_TEMPLATE, body=body)
 
@@ -433,7 +433,7 @@ def finish_model_folder(
         data = json.loads(config.read_text(encoding="utf-8"))
         if data.get("use_cache") is False:
             data["use_cache"] = True
-            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            atomic_write_text(config, json.dumps(data, indent=2, sort_keys=True) + "\n")
     for folder in (root, root / "adapter"):
         adapter_config = folder / "adapter_config.json"
         if not adapter_config.is_file():
@@ -442,7 +442,7 @@ def finish_model_folder(
         data["base_model_name_or_path"] = _resolvable_base(
             data.get("base_model_name_or_path"), base_model, base_model_path
         )
-        adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_text(adapter_config, json.dumps(data, indent=2, sort_keys=True) + "\n")
         if folder != root:
             _write_adapter_card(folder, base_model, data["base_model_name_or_path"], base_model_path, license)
 
@@ -479,4 +479,4 @@ def _write_adapter_card(
         f"Its base model is {where}; license {license_id}.\n\n```python\nfrom peft import AutoPeftModelForCausalLM\n\n"
         'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/adapter")\n```\n'
     )
-    atomic_write_text(folder / "README.md", card_text(ModelCard, meta, body))
+    atomic_write_text(folder / "README.md", render_card_text(ModelCard, meta, body))

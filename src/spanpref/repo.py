@@ -359,7 +359,7 @@ class DatasetRepo:
             populate(tmp)
             from huggingface_hub import DatasetCard
 
-            from spanpref.cards import card_text, render_dataset_card
+            from spanpref.cards import render_card_text, render_dataset_card
 
             order = _config_order([*entries, *written])
             card_entries = [written.get(n) or kept[n] for n in order if n in written or n in kept]
@@ -369,7 +369,7 @@ class DatasetRepo:
             staged = DatasetRepo.__new__(DatasetRepo)
             staged.path = tmp
             # the card lists the files, so it goes first: the statistics below read the staged data through it
-            (tmp / CARD).write_text(card_text(DatasetCard, {CONFIGS_FIELD: card_entries}), encoding="utf-8")
+            (tmp / CARD).write_text(render_card_text(DatasetCard, {CONFIGS_FIELD: card_entries}), encoding="utf-8")
             text = render_dataset_card(staged, [e["config_name"] for e in card_entries], previous_meta=previous,
                                        title=self.path.name, config_entries=card_entries)  # fmt: skip
             (tmp / CARD).write_text(text, encoding="utf-8")
