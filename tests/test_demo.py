@@ -8,11 +8,14 @@ import datasets
 import pytest
 
 from spanpref.cli import main
-from spanpref.demo import STAGES
+from spanpref import schema
+from spanpref.demo import STAGES, Demo, DemoConfig, DemoState
+from spanpref.errors import SpanprefError
+from spanpref.repo import open_repo
 
-pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-
+@pytest.mark.slow
+@pytest.mark.server
 def test_reduced_demo_end_to_end_then_resume(tmp_path, capsys):
     run = tmp_path / "demo"
     # Reduced: the rewriter is the bundled SmolLM2 on llama.cpp as in the full demo, but the tuned and evaluated
@@ -54,3 +57,18 @@ def test_reduced_demo_end_to_end_then_resume(tmp_path, capsys):
     # a rerun finds every stage done and changes nothing
     assert main(argv) == 0
     assert json.loads((run / "demo.json").read_text()) == state
+
+
+def test_a_failing_stage_stops_the_demo_and_is_not_recorded_done(tmp_path):
+    demo = Demo(DemoConfig(output=str(tmp_path / "run")))
+    demo.run.mkdir(parents=True)
+    earlier = STAGES[: STAGES.index("elo")]
+    DemoState(done=dict.fromkeys(earlier, 1.0), notes=dict.fromkeys(earlier, "")).save(demo.state_path)
+    # judgments by another judge only: the elo stage rates the `reference` judge and has nothing to rate
+    rows = [schema.Judgment(f"j{i}", "other", f"q{i}", "base", "sft", "model_a") for i in range(3)]
+    open_repo(demo.data, must_exist=False).write({schema.JUDGMENTS: rows})
+    with pytest.raises(SpanprefError, match="reference"):
+        demo.run_all()
+    state = DemoState.load(demo.state_path)
+    assert "elo" not in state.done and list(state.done) == list(earlier)
+    assert not (demo.report / "report.md").exists()
