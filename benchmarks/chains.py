@@ -55,8 +55,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=40, help="qa-feedback examples (annotations) to rewrite")
     parser.add_argument("--variants", nargs="+", default=["local", "paper"], help="rewriter[+lever...] to run")
-    parser.add_argument("--backend", choices=["server", "transformers"], default="server",
-                        help="server: the bundled GGUF on a local llama.cpp server; transformers: in-process")  # fmt: skip
+    parser.add_argument(
+        "--backend",
+        choices=["server", "transformers"],
+        default="server",
+        help="server: the bundled GGUF on a local llama.cpp server; transformers: in-process",
+    )
     parser.add_argument("--parallel", type=int, default=2, help="server slots and client concurrency")
     parser.add_argument("--threads", type=int, default=2, help="server decoding threads")
     parser.add_argument("--max-attempts", type=int, default=None, help="tries per step/chain (default: recipe)")
@@ -75,10 +79,12 @@ def main() -> None:
             if args.backend == "server":
                 from spanpref.llama_server import LlamaServer
 
-                server = stack.enter_context(LlamaServer(n_ctx=8192 * args.parallel, n_parallel=args.parallel,
-                                                         n_threads=args.threads))  # fmt: skip
-                backend = build_backend("openai", base_url=server.base_url, max_concurrency=args.parallel,
-                                        progress=False)  # fmt: skip
+                server = stack.enter_context(
+                    LlamaServer(n_ctx=8192 * args.parallel, n_parallel=args.parallel, n_threads=args.threads)
+                )
+                backend = build_backend(
+                    "openai", base_url=server.base_url, max_concurrency=args.parallel, progress=False
+                )
             else:
                 backend = build_backend("transformers", progress=False)
         results: dict[str, dict[str, Any]] = {}
@@ -86,26 +92,44 @@ def main() -> None:
             folder = root / re.sub(r"\W", "_", name)
             shutil.copytree(source, folder)
             if needs_backend(rewriter):
-                overrides = {"max_attempts": args.max_attempts, "max_document_chars": args.max_document_chars,
-                             **overrides}  # fmt: skip
+                overrides = {
+                    "max_attempts": args.max_attempts,
+                    "max_document_chars": args.max_document_chars,
+                    **overrides,
+                }
             start = time.perf_counter()
-            report = build_chains(str(folder), rewriter, backend if needs_backend(rewriter) else None,
-                                  seed=args.seed, progress=False, **overrides)  # fmt: skip
+            report = build_chains(
+                str(folder),
+                rewriter,
+                backend if needs_backend(rewriter) else None,
+                seed=args.seed,
+                progress=False,
+                **overrides,
+            )
             seconds = time.perf_counter() - start
             stats = report.stats[rewriter]
             rows = DatasetRepo(folder).read(schema.CHAINS)
-            results[name] = {**stats, "seconds": seconds, "overrides": overrides,
-                             "prompt_tokens": sum(c["prompt_tokens"] for c in rows)}  # fmt: skip
+            results[name] = {
+                **stats,
+                "seconds": seconds,
+                "overrides": overrides,
+                "prompt_tokens": sum(c["prompt_tokens"] for c in rows),
+            }
             # as each variant ends, so a long run that is stopped keeps what it measured
-            print(f"{name}: {stats['valid']}/{stats['chains']} valid in {seconds:.0f} s; {stats['reject_reasons']}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"{name}: {stats['valid']}/{stats['chains']} valid in {seconds:.0f} s; {stats['reject_reasons']}",
+                file=sys.stderr,
+                flush=True,
+            )
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2, default=str))
 
     model = backend.model_id if backend is not None else "no model"
     print(f"{args.examples} qa-feedback examples, backend {args.backend} ({model}), seed {args.seed}")
-    print("| variant | valid | rejection reasons | steps | out tok / valid chain | ROUGE-L a* / a0 to human a* "
-          "| s / valid chain |")  # fmt: skip
+    print(
+        "| variant | valid | rejection reasons | steps | out tok / valid chain | ROUGE-L a* / a0 to human a* "
+        "| s / valid chain |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         reasons = ", ".join(f"{k} {v}" for k, v in list(r["reject_reasons"].items())[:4]) or "-"
@@ -114,14 +138,23 @@ def main() -> None:
         per_tok = r["tokens"]["completion_per_valid_chain"]
         steps = f"{r['mean_steps']:.2f}" if r["mean_steps"] is not None else "-"
         per_s = r["seconds"] / r["valid"] if r["valid"] else float("nan")
-        print(f"| {name} | {r['valid']}/{r['chains']} ({r['validity_rate']:.0%}) | {reasons} | {steps} | "
-              f"{'-' if per_tok is None else round(per_tok)} | {rouge} | {per_s:.1f} |")  # fmt: skip
+        print(
+            f"| {name} | {r['valid']}/{r['chains']} ({r['validity_rate']:.0%}) | {reasons} | {steps} | "
+            f"{'-' if per_tok is None else round(per_tok)} | {rouge} | {per_s:.1f} |"
+        )
     if "local" in results and "paper" in results:
-        per = {k: (results[k]["tokens"]["completion"] / max(results[k]["valid"], 1),
-                   results[k]["seconds"] / max(results[k]["valid"], 1)) for k in ("local", "paper")}  # fmt: skip
-        print(f"local / paper: output tokens per valid chain {per['local'][0] / per['paper'][0]:.3f}x, wall time per "
-              f"valid chain {per['local'][1] / per['paper'][1]:.3f}x (a rewriter with no valid chain is charged "
-              "its whole cost for one)")  # fmt: skip
+        per = {
+            k: (
+                results[k]["tokens"]["completion"] / max(results[k]["valid"], 1),
+                results[k]["seconds"] / max(results[k]["valid"], 1),
+            )
+            for k in ("local", "paper")
+        }
+        print(
+            f"local / paper: output tokens per valid chain {per['local'][0] / per['paper'][0]:.3f}x, wall time per "
+            f"valid chain {per['local'][1] / per['paper'][1]:.3f}x (a rewriter with no valid chain is charged "
+            "its whole cost for one)"
+        )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,15 @@ import numpy as np
 
 from spanpref.evaluation.elo import build_resample_counts, compute_bootstrap_ci, load_battles
 
-TRUE_RATINGS = {"sft": 1500, "ab": 1530, "first_edit": 1545, "full_rewrite": 1560, "stepwise": 1600,
-                "stepwise_ds": 1580, "base": 1420}  # fmt: skip
+TRUE_RATINGS = {
+    "sft": 1500,
+    "ab": 1530,
+    "first_edit": 1545,
+    "full_rewrite": 1560,
+    "stepwise": 1600,
+    "stepwise_ds": 1580,
+    "base": 1420,
+}
 ELO = 400 / math.log(10)
 
 
@@ -60,8 +67,11 @@ def refit_per_round(rows: list[dict], rounds: int, seed: int, solver: str) -> np
             import choix
 
             # ties as one win each way, decisive judgments as two wins (doubling leaves the maximum in place)
-            twice = np.concatenate([np.stack([ia, ib], 1)[s == 1]] * 2 + [np.stack([ib, ia], 1)[s == 0]] * 2
-                                   + [np.stack([ia, ib], 1)[s == 0.5], np.stack([ib, ia], 1)[s == 0.5]])  # fmt: skip
+            twice = np.concatenate(
+                [np.stack([ia, ib], 1)[s == 1]] * 2
+                + [np.stack([ib, ia], 1)[s == 0]] * 2
+                + [np.stack([ia, ib], 1)[s == 0.5], np.stack([ib, ia], 1)[s == 0.5]]
+            )
             theta = choix.ilsr_pairwise(m, twice.tolist(), alpha=0.0, tol=1e-10)
         else:
             wins = np.zeros((m, m))
@@ -92,8 +102,14 @@ def check_against_choix() -> float:
     rows, pairs = [], []
     for n, rec in enumerate(records):
         for (i, j), pref in zip(PREFERENCE_PAIRS, rec["preference"], strict=True):
-            rows.append({"query_id": f"q{n}", "model_a": f"prediction {i}", "model_b": f"prediction {j}",
-                         "winner": {1: "model_a", 2: "model_b", 0: "tie"}[pref]})  # fmt: skip
+            rows.append(
+                {
+                    "query_id": f"q{n}",
+                    "model_a": f"prediction {i}",
+                    "model_b": f"prediction {j}",
+                    "winner": {1: "model_a", 2: "model_b", 0: "tie"}[pref],
+                }
+            )
             pairs += {1: [(i - 1, j - 1)] * 2, 2: [(j - 1, i - 1)] * 2, 0: [(i - 1, j - 1), (j - 1, i - 1)]}[pref]
     ours = compute_elo(rows)
     theta = choix.ilsr_pairwise(4, pairs, alpha=0.0, tol=1e-12)
@@ -132,8 +148,10 @@ def main() -> None:
     print(f"{len(rows)} judgments ({len(models)} models x {args.prompts} prompts, all pairs), {args.rounds} rounds")
     print(f"{'model':14s} {'true':>6s} {'Elo':>8s} {'diff from best (95% CI)':>30s}")
     for row in fast.table():
-        print(f"{row['model']:14s} {TRUE_RATINGS[row['model']]:6d} {row['rating']:8.1f} "
-              f"{row['diff']:8.1f} ({row['ci_low']:7.1f}, {row['ci_high']:7.1f})")  # fmt: skip
+        print(
+            f"{row['model']:14s} {TRUE_RATINGS[row['model']]:6d} {row['rating']:8.1f} "
+            f"{row['diff']:8.1f} ({row['ci_low']:7.1f}, {row['ci_high']:7.1f})"
+        )
     print(f"vectorised (all rounds at once): {t_fast:8.3f} s")
     print(f"per-round refit ({args.solver}):{'':>8s}{t_slow:8.3f} s")
     print(f"speed-up: {t_slow / t_fast:.1f}x")
@@ -144,9 +162,21 @@ def main() -> None:
     choix_gap = check_against_choix()
     ok = ok and choix_gap < 1.0
     if args.json:
-        args.json.write_text(json.dumps({"judgments": len(rows), "rounds": args.rounds, "solver": args.solver,
-                                         "vectorised_s": t_fast, "per_round_s": t_slow, "ratio": t_slow / t_fast,
-                                         "interval_gap": gap, "choix_gap": choix_gap}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "judgments": len(rows),
+                    "rounds": args.rounds,
+                    "solver": args.solver,
+                    "vectorised_s": t_fast,
+                    "per_round_s": t_slow,
+                    "ratio": t_slow / t_fast,
+                    "interval_gap": gap,
+                    "choix_gap": choix_gap,
+                },
+                indent=2,
+            )
+        )
     if not ok:
         raise SystemExit(1)
 

@@ -42,17 +42,37 @@ def make_trainer(mode: str, model: str, pairs, args_ns, output: Path):
     from spanpref.training.trainer import GroupedDPOTrainer, SpanprefDPOConfig, SpanprefDPOTrainer
 
     args = SpanprefDPOConfig(
-        output_dir=str(output / mode), use_cpu=not torch.cuda.is_available(), bf16=False, report_to=[],
-        loss_type=[args_ns.loss], beta=0.1, learning_rate=5e-5, lr_scheduler_type="constant", num_train_epochs=1,
+        output_dir=str(output / mode),
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        report_to=[],
+        loss_type=[args_ns.loss],
+        beta=0.1,
+        learning_rate=5e-5,
+        lr_scheduler_type="constant",
+        num_train_epochs=1,
         # a batch: pairs (pairwise) or prompt groups (grouped), as the recipes set them
         per_device_train_batch_size=args_ns.pairwise_batch if mode == "pairwise" else args_ns.grouped_batch,
-        gradient_accumulation_steps=1, max_length=args_ns.max_length, save_strategy="no", eval_strategy="no",
-        logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, seed=0, training_mode=mode,
+        gradient_accumulation_steps=1,
+        max_length=args_ns.max_length,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        training_mode=mode,
         share_prefixes=args_ns.share_prefixes,
-    )  # fmt: skip
-    peft = get_peft_config(ModelConfig(use_peft=True, lora_r=16, lora_alpha=32, lora_dropout=0.0,
-                                       lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
-                                                            "down_proj", "gate_proj"]))  # fmt: skip
+    )
+    peft = get_peft_config(
+        ModelConfig(
+            use_peft=True,
+            lora_r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
+        )
+    )
     cls = GroupedDPOTrainer if mode == "grouped" else SpanprefDPOTrainer
     return cls(model=resolve_model(model), args=args, train_dataset=pairs, peft_config=peft)
 
@@ -95,8 +115,10 @@ def compare(pairwise, grouped) -> tuple[float, float]:
     for name, param in grouped.model.named_parameters():
         if param.requires_grad and param.grad is not None:
             ref = theirs[name].grad
-            worst_grad = max(worst_grad, (torch.linalg.vector_norm(param.grad - ref)
-                                          / torch.linalg.vector_norm(ref).clamp(min=1e-30)).item())  # fmt: skip
+            worst_grad = max(
+                worst_grad,
+                (torch.linalg.vector_norm(param.grad - ref) / torch.linalg.vector_norm(ref).clamp(min=1e-30)).item(),
+            )
     for model in (pairwise.model, grouped.model):
         model.zero_grad(set_to_none=True)
     return worst_loss, worst_grad
@@ -105,8 +127,10 @@ def compare(pairwise, grouped) -> tuple[float, float]:
 def pairwise_tokens(trainer, max_length: int | None) -> int:
     ds = trainer.train_dataset
     cap = max_length or 10**9
-    return sum(min(len(p) + len(c), cap) + min(len(p) + len(r), cap)
-               for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True))  # fmt: skip
+    return sum(
+        min(len(p) + len(c), cap) + min(len(p) + len(r), cap)
+        for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True)
+    )
 
 
 def epoch_seconds(trainer) -> float:
@@ -151,26 +175,44 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokens_pw = pairwise_tokens(pairwise, args.max_length)
     result = {
-        "folder": args.folder, "config": args.config, "model": args.model, "loss": args.loss,
-        "prompts": n_prompts, "pairs": len(pairs), "groups": stats["groups"], "pairs_trained": stats["pairs"],
+        "folder": args.folder,
+        "config": args.config,
+        "model": args.model,
+        "loss": args.loss,
+        "prompts": n_prompts,
+        "pairs": len(pairs),
+        "groups": stats["groups"],
+        "pairs_trained": stats["pairs"],
         "pairs_trained_pairwise": len(pairwise.train_dataset),
-        "tokens_pairwise": tokens_pw, "tokens_grouped": stats["tokens_grouped"],
-        "ref_tokens_pairwise": tokens_pw, "ref_tokens_grouped": stats["tokens_grouped"],
-        "seconds_pairwise": statistics.median(pairwise_seconds), "seconds_grouped": statistics.median(grouped_seconds),
-        "seconds_pairwise_all": pairwise_seconds, "seconds_grouped_all": grouped_seconds,
-        "max_abs_loss_diff": max_loss, "max_rel_grad_diff": max_grad,
-        "share_prefixes": args.share_prefixes, "repeats": args.repeats, "max_length": args.max_length,
-        "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-    }  # fmt: skip
+        "tokens_pairwise": tokens_pw,
+        "tokens_grouped": stats["tokens_grouped"],
+        "ref_tokens_pairwise": tokens_pw,
+        "ref_tokens_grouped": stats["tokens_grouped"],
+        "seconds_pairwise": statistics.median(pairwise_seconds),
+        "seconds_grouped": statistics.median(grouped_seconds),
+        "seconds_pairwise_all": pairwise_seconds,
+        "seconds_grouped_all": grouped_seconds,
+        "max_abs_loss_diff": max_loss,
+        "max_rel_grad_diff": max_grad,
+        "share_prefixes": args.share_prefixes,
+        "repeats": args.repeats,
+        "max_length": args.max_length,
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     token_ratio = result["tokens_pairwise"] / max(result["tokens_grouped"], 1)
     time_ratio = result["seconds_pairwise"] / max(result["seconds_grouped"], 1e-9)
-    print(f"\n{args.config}: {result['pairs']} pairs over {n_prompts} prompts ({result['groups']} groups), "
-          f"model {args.model}, loss {args.loss}, {result['device']}")  # fmt: skip
+    print(
+        f"\n{args.config}: {result['pairs']} pairs over {n_prompts} prompts ({result['groups']} groups), "
+        f"model {args.model}, loss {args.loss}, {result['device']}"
+    )
     print("| | pairwise (TRL layout) | grouped | pairwise / grouped |")
     print("|---|---|---|---|")
     print(f"| policy tokens per epoch | {tokens_pw:,} | {stats['tokens_grouped']:,} | {token_ratio:.2f}x |")
-    print(f"| seconds per epoch (median of {args.repeats}) | {result['seconds_pairwise']:.1f} | "
-          f"{result['seconds_grouped']:.1f} | {time_ratio:.2f}x |")  # fmt: skip
+    print(
+        f"| seconds per epoch (median of {args.repeats}) | {result['seconds_pairwise']:.1f} | "
+        f"{result['seconds_grouped']:.1f} | {time_ratio:.2f}x |"
+    )
     print(f"| max loss difference (per group) | | {max_loss:.2e} | |")
     print(f"| max relative gradient difference | | {max_grad:.2e} | |")
     if args.json:

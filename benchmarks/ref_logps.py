@@ -25,17 +25,40 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m-instruc
 LOSSES = ("sigmoid", "dpo_positive", "apo_zero", "apo_down")
 
 
-def run_grid(folder: Path, out: Path, args: argparse.Namespace, precompute: bool, cache: Path,
-             losses: tuple[str, ...] = LOSSES) -> dict:  # fmt: skip
+def run_grid(
+    folder: Path, out: Path, args: argparse.Namespace, precompute: bool, cache: Path, losses: tuple[str, ...] = LOSSES
+) -> dict:
     runs = {}
     started = time.perf_counter()
     for loss in losses:
-        argv = ["--config", str(RECIPE / f"config_human_rewrite_{loss}.yaml"), "--dataset_name", str(folder),
-                "--output_dir", str(out / loss), "--max_steps", str(args.max_steps),
-                "--max_train_samples", str(args.train_samples), "--max_eval_samples", str(args.eval_samples),
-                "--max_length", str(args.max_length), "--eval_strategy", "no", "--save_strategy", "no",
-                "--logging_steps", "1000", "--disable_tqdm", "true", "--precompute_ref_log_probs", str(precompute).lower(),
-                "--ref_logps_cache", str(cache)]  # fmt: skip
+        argv = [
+            "--config",
+            str(RECIPE / f"config_human_rewrite_{loss}.yaml"),
+            "--dataset_name",
+            str(folder),
+            "--output_dir",
+            str(out / loss),
+            "--max_steps",
+            str(args.max_steps),
+            "--max_train_samples",
+            str(args.train_samples),
+            "--max_eval_samples",
+            str(args.eval_samples),
+            "--max_length",
+            str(args.max_length),
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "1000",
+            "--disable_tqdm",
+            "true",
+            "--precompute_ref_log_probs",
+            str(precompute).lower(),
+            "--ref_logps_cache",
+            str(cache),
+        ]
         t = time.perf_counter()
         results = train("dpo", *parse_args("dpo", argv))
         runs[loss] = {"seconds": time.perf_counter() - t, "before": results["before"], "after": results["after"]}
@@ -77,8 +100,9 @@ def main() -> None:
     worst = max(abs(cont["runs"][x]["after"]["eval_loss"] - base["runs"][x]["after"]["eval_loss"]) for x in LOSSES)
     print(f"largest difference of the validation loss after training between the two: {worst:.2e}")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "grids": grids}, indent=2,
-                                        default=str))  # fmt: skip
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "grids": grids}, indent=2, default=str)
+        )
 
 
 if __name__ == "__main__":

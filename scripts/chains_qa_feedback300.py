@@ -21,7 +21,9 @@ SETTINGS = {"local": (2, 2), "paper": (1, 16)}
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (1 when other work runs on the cores)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="llama.cpp threads (1 when other work runs on the cores)"
+    )
     parser.add_argument("--rewriters", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--max-document-chars", type=int, default=2000)
     args = parser.parse_args()
@@ -31,6 +33,12 @@ if __name__ == "__main__":
         for rewriter in args.rewriters:
             attempts, chunk = SETTINGS[rewriter]
             started = time.perf_counter()
-            report = build_chains(args.folder, rewriter, backend, chunk_size=chunk, max_attempts=attempts,
-                                  max_document_chars=args.max_document_chars)  # fmt: skip
+            report = build_chains(
+                args.folder,
+                rewriter,
+                backend,
+                chunk_size=chunk,
+                max_attempts=attempts,
+                max_document_chars=args.max_document_chars,
+            )
             print(report.summary(), f"\nwall {time.perf_counter() - started:.0f} s", flush=True)

@@ -49,8 +49,10 @@ def test_a_boolean_preference_is_not_a_choice(records, tmp_path, capsys):
     bad[2]["preference"] = [True, 0, 2, 1, 1, 2]
     code, err = _import(tmp_path, bad, capsys)
     assert code == 2
-    assert (f"{tmp_path / 'feedback.json'}: record 2: preference should be 6 values in {{0, 1, 2}}, got "
-            "[True, 0, 2, 1, 1, 2]") in err  # fmt: skip
+    assert (
+        f"{tmp_path / 'feedback.json'}: record 2: preference should be 6 values in {{0, 1, 2}}, got "
+        "[True, 0, 2, 1, 1, 2]"
+    ) in err
     assert not (tmp_path / "out").exists()
 
 
@@ -59,8 +61,10 @@ def test_a_lone_surrogate_names_the_file_record_config_row_and_column(records, t
     bad[1]["prediction 2"] = "The bridge \ud800 opened in 1932."
     code, err = _import(tmp_path, bad, capsys)
     assert code == 2
-    assert (f"{tmp_path / 'feedback.json'}: record 1: responses[1] (qaf-00001-r2): text: lone surrogate '\\ud800' "
-            "at character 11") in err  # fmt: skip
+    assert (
+        f"{tmp_path / 'feedback.json'}: record 1: responses[1] (qaf-00001-r2): text: lone surrogate '\\ud800' "
+        "at character 11"
+    ) in err
     assert "codec can't encode" not in err and not (tmp_path / "out").exists()
 
 
@@ -78,33 +82,50 @@ def test_skipping_a_record_with_a_lone_surrogate_keeps_it_in_the_rejects_file(re
 
 def test_documents_with_a_lone_surrogate_name_the_record(tmp_path, capsys):
     source = tmp_path / "docs.jsonl"
-    source.write_text("".join(json.dumps(d) + "\n" for d in [
-        {"text": "fine", "domain": "news"}, {"text": "broken \ud83d here", "domain": "news"}]))  # fmt: skip
+    source.write_text(
+        "".join(
+            json.dumps(d) + "\n"
+            for d in [{"text": "fine", "domain": "news"}, {"text": "broken \ud83d here", "domain": "news"}]
+        )
+    )
     code = main(["import", "documents", str(source), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2
-    assert (f"{source}: 1 record(s) cannot be imported, e.g. record 1: text: lone surrogate '\\ud83d' at "
-            "character 7") in err  # fmt: skip
+    assert (
+        f"{source}: 1 record(s) cannot be imported, e.g. record 1: text: lone surrogate '\\ud83d' at character 7"
+    ) in err
     assert not (tmp_path / "out").exists()
 
 
 def test_rows_handed_to_the_repo_are_checked_even_without_validation(tmp_path):
     repo = DatasetRepo(tmp_path / "r")
-    docs = [{"doc_id": "d0", "domain": "x", "title": "", "text": "ok"},
-            {"doc_id": "d1", "domain": "x", "title": "", "text": "bad \ud800"}]  # fmt: skip
+    docs = [
+        {"doc_id": "d0", "domain": "x", "title": "", "text": "ok"},
+        {"doc_id": "d1", "domain": "x", "title": "", "text": "bad \ud800"},
+    ]
     with pytest.raises(RepoError, match=r"documents\[1\] \(d1\): text: lone surrogate '\\ud800' at character 4"):
         repo.write({schema.DOCUMENTS: docs}, validate=False)
     repo.write({schema.DOCUMENTS: docs[:1]})
-    responses = {schema.QUERIES: [{"query_id": "q", "doc_id": "d0", "query": "?"}],
-                 schema.RESPONSES: [{"response_id": "r", "query_id": "q", "model": "m", "text": "abc",
-                                     "max_new_tokens": True}]}  # fmt: skip
+    responses = {
+        schema.QUERIES: [{"query_id": "q", "doc_id": "d0", "query": "?"}],
+        schema.RESPONSES: [{"response_id": "r", "query_id": "q", "model": "m", "text": "abc", "max_new_tokens": True}],
+    }
     with pytest.raises(RepoError, match=r"responses\[0\] \(r\): max_new_tokens: expected an integer, got bool True"):
         repo.write(responses, validate=False)
-    annotation = {"annotation_id": "a", "annotator": "x", "response_id": "r",
-                  "spans": [{"span_id": 1, "start": False, "end": 2, "polarity": "dislike"}]}  # fmt: skip
+    annotation = {
+        "annotation_id": "a",
+        "annotator": "x",
+        "response_id": "r",
+        "spans": [{"span_id": 1, "start": False, "end": 2, "polarity": "dislike"}],
+    }
     with pytest.raises(schema.ValidationError) as e:
-        repo.write({**responses, schema.RESPONSES: [{**responses[schema.RESPONSES][0], "max_new_tokens": 5}],
-                    schema.ANNOTATIONS: [annotation]})  # fmt: skip
+        repo.write(
+            {
+                **responses,
+                schema.RESPONSES: [{**responses[schema.RESPONSES][0], "max_new_tokens": 5}],
+                schema.ANNOTATIONS: [annotation],
+            }
+        )
     assert "annotations[0] (a): spans[0].start: expected an integer, got bool False" in str(e.value)
     assert "annotations[0] (a): span 1: start and end must be integers, got False, 2" in str(e.value)
     assert repo.config_names() == [schema.DOCUMENTS]  # nothing of the bad writes landed
@@ -117,9 +138,12 @@ def test_validate_names_bad_values_in_a_repo_written_by_another_tool(tmp_path, c
     folder = tmp_path / "r"
     (folder / "data").mkdir(parents=True)
     # another tool stored the offsets as booleans; parquet keeps the type
-    pq.write_table(pa.table({"response_id": ["r"], "query_id": ["q"], "model": ["m"], "text": ["abc"],
-                             "seed": [True]}), folder / "data" / "responses.parquet")  # fmt: skip
-    (folder / "README.md").write_text("---\nconfigs:\n- config_name: responses\n  data_files: data/responses.parquet\n"
-                                      "---\n")  # fmt: skip
+    pq.write_table(
+        pa.table({"response_id": ["r"], "query_id": ["q"], "model": ["m"], "text": ["abc"], "seed": [True]}),
+        folder / "data" / "responses.parquet",
+    )
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: responses\n  data_files: data/responses.parquet\n---\n"
+    )
     assert main(["validate", str(folder)]) == 1
     assert "responses[0] (r): seed: expected an integer, got bool True" in capsys.readouterr().out

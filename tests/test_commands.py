@@ -120,8 +120,10 @@ def _module(path: Path) -> str:
 def test_library_code_never_imports_the_command_layer_and_has_no_import_cycle():
     files = [p for p in SRC.rglob("*.py") if "recipes" not in p.parts]
     outside = [p for p in files if p.parent.name != "commands" and p.name != "cli.py"]
-    offenders = {_module(p): sorted(i for i in _imports(p) if i.startswith(("spanpref.cli", "spanpref.commands")))
-                 for p in outside}
+    offenders = {
+        _module(p): sorted(i for i in _imports(p) if i.startswith(("spanpref.cli", "spanpref.commands")))
+        for p in outside
+    }
     assert not {m: i for m, i in offenders.items() if i}
     # module-level imports only: an import inside a function runs when it is called, after every module loaded
     modules = {_module(p): p for p in files}
@@ -141,7 +143,7 @@ def test_library_code_never_imports_the_command_layer_and_has_no_import_cycle():
         state[node] = 1
         for dep in graph[node]:
             if state.get(dep) == 1:
-                raise AssertionError(f"import cycle: {' -> '.join([*stack[stack.index(dep):], dep])}")
+                raise AssertionError(f"import cycle: {' -> '.join([*stack[stack.index(dep) :], dep])}")
             if dep not in state:
                 visit(dep, [*stack, dep])
         state[node] = 2

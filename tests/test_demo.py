@@ -7,8 +7,8 @@ import json
 import datasets
 import pytest
 
-from spanpref.cli import main
 from spanpref import schema
+from spanpref.cli import main
 from spanpref.demo import STAGES, Demo, DemoConfig, DemoState
 from spanpref.errors import SpanprefError
 from spanpref.repo import open_repo
@@ -22,9 +22,25 @@ def test_reduced_demo_end_to_end_then_resume(tmp_path, capsys):
     # model is the tiny random Llama, so the three training runs and the generation take seconds, not minutes.
     # max_length 2048: the tiny 1,000-token tokenizer makes a prompt + answer ~1,000-1,400 tokens, and grouped
     # training drops (and counts) what does not fit instead of cutting it.
-    argv = ["demo", "--output", str(run), "--examples", "12", "--train-steps", "2", "--eval-prompts", "3",
-            "--eval-max-new-tokens", "24", "--rounds", "200", "--max-length", "2048",
-            "--model", "tiny"]  # fmt: skip
+    argv = [
+        "demo",
+        "--output",
+        str(run),
+        "--examples",
+        "12",
+        "--train-steps",
+        "2",
+        "--eval-prompts",
+        "3",
+        "--eval-max-new-tokens",
+        "24",
+        "--rounds",
+        "200",
+        "--max-length",
+        "2048",
+        "--model",
+        "tiny",
+    ]
     assert main(argv) == 0
     state = json.loads((run / "demo.json").read_text())
     assert list(state["done"]) == list(STAGES)

@@ -26,8 +26,9 @@ def battles(*games: tuple[str, str, str, int], prompt: str | None = None) -> lis
     rows = []
     for a, b, winner, count in games:
         for _ in range(count):
-            rows.append({"query_id": prompt or f"q{len(rows)}", "model_a": a, "model_b": b, "winner": winner,
-                         "judge": "test"})  # fmt: skip
+            rows.append(
+                {"query_id": prompt or f"q{len(rows)}", "model_a": a, "model_b": b, "winner": winner, "judge": "test"}
+            )
     return rows
 
 
@@ -49,8 +50,14 @@ def test_three_players_exact_bradley_terry_data_with_ties():
     # strengths A:B:C = 4:2:1 give P(A>B) = 2/3, P(B>C) = 2/3, P(A>C) = 4/5. Observed scores equal to those
     # probabilities make the likelihood gradient zero there, so the maximum is exactly 400 log10 of the ratios.
     # A-B: 1 win + 2 ties = 2 of 3; B-C: 2 wins, 1 loss; A-C: 3 wins + 2 ties = 4 of 5.
-    rows = battles(("A", "B", "model_a", 1), ("A", "B", "tie", 2), ("C", "B", "model_b", 2), ("C", "B", "model_a", 1),
-                   ("A", "C", "model_a", 3), ("A", "C", "tie", 2))  # fmt: skip
+    rows = battles(
+        ("A", "B", "model_a", 1),
+        ("A", "B", "tie", 2),
+        ("C", "B", "model_b", 2),
+        ("C", "B", "model_a", 1),
+        ("A", "C", "model_a", 3),
+        ("A", "C", "tie", 2),
+    )
     elo = compute_elo(rows)
     step = 400 * math.log10(2)
     assert elo == pytest.approx({"A": 1500 + step, "B": 1500, "C": 1500 - step}, abs=1e-6)
@@ -62,8 +69,14 @@ def test_three_players_exact_bradley_terry_data_with_ties():
 
 
 def test_order_of_a_and_b_does_not_matter():
-    rows = battles(("A", "B", "model_a", 5), ("A", "B", "model_b", 2), ("B", "C", "tie", 3), ("C", "B", "model_a", 1),
-                   ("A", "C", "model_b", 1), ("A", "C", "model_a", 2))  # fmt: skip
+    rows = battles(
+        ("A", "B", "model_a", 5),
+        ("A", "B", "model_b", 2),
+        ("B", "C", "tie", 3),
+        ("C", "B", "model_a", 1),
+        ("A", "C", "model_b", 1),
+        ("A", "C", "model_a", 2),
+    )
     flip = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
     swapped = [{**r, "model_a": r["model_b"], "model_b": r["model_a"], "winner": flip[r["winner"]]} for r in rows]
     assert compute_elo(swapped) == pytest.approx(compute_elo(rows), abs=1e-9)
@@ -86,8 +99,15 @@ def qa_feedback_tournament() -> tuple[list[dict], list[tuple[int, int]]]:
     for n, rec in enumerate(records):
         for (i, j), pref in zip(PREFERENCE_PAIRS, rec["preference"], strict=True):
             winner = {1: "model_a", 2: "model_b", 0: "tie"}[pref]
-            rows.append({"query_id": f"q{n}", "model_a": f"prediction {i}", "model_b": f"prediction {j}",
-                         "winner": winner, "judge": "qa-feedback"})  # fmt: skip
+            rows.append(
+                {
+                    "query_id": f"q{n}",
+                    "model_a": f"prediction {i}",
+                    "model_b": f"prediction {j}",
+                    "winner": winner,
+                    "judge": "qa-feedback",
+                }
+            )
             pairs += {1: [(i - 1, j - 1)] * 2, 2: [(j - 1, i - 1)] * 2, 0: [(i - 1, j - 1), (j - 1, i - 1)]}[pref]
     return rows, pairs
 

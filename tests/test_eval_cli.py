@@ -14,7 +14,9 @@ from spanpref.repo import DatasetRepo
 
 def test_model_specs():
     assert parse_model_specs("base=HuggingFaceTB/SmolLM2, outputs/dpo") == [
-        ("base", "HuggingFaceTB/SmolLM2"), ("outputs/dpo", "outputs/dpo")]  # fmt: skip
+        ("base", "HuggingFaceTB/SmolLM2"),
+        ("outputs/dpo", "outputs/dpo"),
+    ]
     with pytest.raises(ValueError, match=r"model name\(s\) \['a'\] given twice"):
         parse_model_specs(["a=x", "a=y"])
     with pytest.raises(ValueError, match="bad model spec '=x'"):
@@ -29,11 +31,25 @@ def qa_feedback_judgments(folder) -> DatasetRepo:
     rows = []
     for c in repo.read(schema.COMPARISONS):
         a, b = responses[c["response_a"]], responses[c["response_b"]]
-        rows.append({"judgment_id": c["comparison_id"], "judge": "human", "query_id": a["query_id"],
-                     "model_a": a["prompt_version"].split(":")[1], "model_b": b["prompt_version"].split(":")[1],
-                     "winner": {"a": "model_a", "b": "model_b", "tie": "tie"}[c["choice"]]})  # fmt: skip
-    outputs = [{"output_id": r["response_id"], "model": r["prompt_version"].split(":")[1], "query_id": r["query_id"],
-                "text": r["text"]} for r in responses.values()]  # fmt: skip
+        rows.append(
+            {
+                "judgment_id": c["comparison_id"],
+                "judge": "human",
+                "query_id": a["query_id"],
+                "model_a": a["prompt_version"].split(":")[1],
+                "model_b": b["prompt_version"].split(":")[1],
+                "winner": {"a": "model_a", "b": "model_b", "tie": "tie"}[c["choice"]],
+            }
+        )
+    outputs = [
+        {
+            "output_id": r["response_id"],
+            "model": r["prompt_version"].split(":")[1],
+            "query_id": r["query_id"],
+            "text": r["text"],
+        }
+        for r in responses.values()
+    ]
     repo.write({schema.JUDGMENTS: rows, schema.EVAL_OUTPUTS: outputs})
     return repo
 
@@ -72,8 +88,20 @@ def test_elo_command_errors_are_clear(tmp_path, capsys):
     assert main(["eval", "elo", str(tmp_path / "r")]) == 2
     assert "has no judgments config; run `spanpref eval judge` first" in capsys.readouterr().err
     repo = DatasetRepo(tmp_path / "r")
-    repo.write({schema.JUDGMENTS: [{"judgment_id": "j", "judge": "x", "query_id": "q", "model_a": "m1",
-                                    "model_b": "m2", "winner": "model_a"}]})  # fmt: skip
+    repo.write(
+        {
+            schema.JUDGMENTS: [
+                {
+                    "judgment_id": "j",
+                    "judge": "x",
+                    "query_id": "q",
+                    "model_a": "m1",
+                    "model_b": "m2",
+                    "winner": "model_a",
+                }
+            ]
+        }
+    )
     assert main(["eval", "elo", str(tmp_path / "r"), "--rounds", "10"]) == 2
     assert "judge x: ['m1'] never lost to or tied with ['m2']" in capsys.readouterr().err
     assert main(["eval", "generate", str(tmp_path / "r"), "--models", "a=x"]) == 2
@@ -89,12 +117,28 @@ def test_generate_on_the_test_split_through_a_server_and_resume(tmp_path, llama_
     test_queries = select_queries(str(folder))
     repo = DatasetRepo(folder)
     assert test_queries == sorted({p["query_id"] for p in repo.read(schema.PAIRS_AB, "test")}) and test_queries
-    args = ["eval", "generate", str(folder), "--models", "smol=a,smol-again=b", "--backend", "openai", "--base-url",
-            llama_server.base_url, "--max-new-tokens", "12", "--max-document-chars", "300", "--seed", "7"]  # fmt: skip
+    args = [
+        "eval",
+        "generate",
+        str(folder),
+        "--models",
+        "smol=a,smol-again=b",
+        "--backend",
+        "openai",
+        "--base-url",
+        llama_server.base_url,
+        "--max-new-tokens",
+        "12",
+        "--max-document-chars",
+        "300",
+        "--seed",
+        "7",
+    ]
     assert main(args) == 0
     rows = repo.read(schema.EVAL_OUTPUTS)
     assert sorted((r["model"], r["query_id"]) for r in rows) == sorted(
-        (m, q) for m in ("smol", "smol-again") for q in test_queries)  # fmt: skip
+        (m, q) for m in ("smol", "smol-again") for q in test_queries
+    )
     assert {(r["temperature"], r["top_p"], r["seed"]) for r in rows} == {(0.8, 0.95, 7)}
     assert all(r["text"].strip() for r in rows)
     capsys.readouterr()

@@ -24,8 +24,18 @@ def test_fleiss_kappa_by_hand():
     # kappa = (5/9 - 11/27) / (1 - 11/27) = (4/27) / (16/27) = 1/4
     assert compute_fleiss_kappa([[3, 0, 0], [2, 1, 0], [0, 1, 2]]) == pytest.approx(0.25)
     # Fleiss (1971)-style worked example (10 subjects, 14 raters, 5 categories) as published: kappa = 0.210
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1], [7, 7, 0, 0, 0],
-             [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]  # fmt: skip
+    table = [
+        [0, 0, 0, 0, 14],
+        [0, 2, 6, 4, 2],
+        [0, 0, 3, 5, 6],
+        [0, 3, 9, 2, 0],
+        [2, 2, 8, 1, 1],
+        [7, 7, 0, 0, 0],
+        [3, 2, 6, 3, 0],
+        [2, 5, 3, 2, 2],
+        [6, 5, 2, 1, 0],
+        [0, 2, 2, 3, 7],
+    ]
     assert compute_fleiss_kappa(table) == pytest.approx(0.20993, abs=1e-4)
     assert compute_fleiss_kappa([[2, 0], [0, 2]]) == pytest.approx(1.0)  # perfect agreement
     with pytest.raises(ValueError, match="at least two ratings"):
@@ -59,10 +69,16 @@ def test_judge_agreement_on_pairs_both_judged():
     def row(judge, q, winner):
         return {"judge": judge, "query_id": q, "model_a": "x", "model_b": "y", "winner": winner}
 
-    rows = [row("h", "q1", "model_a"), row("h", "q1", "model_b"), row("m", "q1", "model_a"),  # 1 of 2 votes agree
-            row("h", "q2", "tie"), row("m", "q2", "tie"),  # agree
-            row("m", "q3", "model_a"),  # only one judge
-            row("h", "q4", None), row("m", "q4", "model_b")]  # unparsable: not a shared pair  # fmt: skip
+    rows = [
+        row("h", "q1", "model_a"),
+        row("h", "q1", "model_b"),
+        row("m", "q1", "model_a"),  # 1 of 2 votes agree
+        row("h", "q2", "tie"),
+        row("m", "q2", "tie"),  # agree
+        row("m", "q3", "model_a"),  # only one judge
+        row("h", "q4", None),
+        row("m", "q4", "model_b"),
+    ]  # unparsable: not a shared pair
     assert compute_judge_agreement(rows) == [{"judge_1": "h", "judge_2": "m", "pairs": 2, "agreement": 0.75}]
 
 
@@ -75,12 +91,22 @@ def test_report_has_table2_plot_agreement_kappa_and_times(tmp_path):
     query = {r["response_id"]: r["query_id"] for r in responses}
     comparisons = repo.read(schema.COMPARISONS)
     # the qa-feedback preferences as human judgments of four "models" (the answer slots)
-    human = [{"judgment_id": f"h-{c['comparison_id']}", "judge": "human", "query_id": query[c["response_a"]],
-              "model_a": slot[c["response_a"]], "model_b": slot[c["response_b"]],
-              "winner": {"a": "model_a", "b": "model_b", "tie": "tie"}[c["choice"]]} for c in comparisons]  # fmt: skip
+    human = [
+        {
+            "judgment_id": f"h-{c['comparison_id']}",
+            "judge": "human",
+            "query_id": query[c["response_a"]],
+            "model_a": slot[c["response_a"]],
+            "model_b": slot[c["response_b"]],
+            "winner": {"a": "model_a", "b": "model_b", "tie": "tie"}[c["choice"]],
+        }
+        for c in comparisons
+    ]
     # a second "judge" with a simple rule (mostly the lower slot number), unparsable on one pair
-    machine = [{**h, "judgment_id": f"m-{h['judgment_id']}", "judge": "machine",
-                "winner": "model_a" if i % 4 else "model_b"} for i, h in enumerate(human)]  # fmt: skip
+    machine = [
+        {**h, "judgment_id": f"m-{h['judgment_id']}", "judge": "machine", "winner": "model_a" if i % 4 else "model_b"}
+        for i, h in enumerate(human)
+    ]
     machine[0]["winner"] = None
     # two more annotators on the first three comparisons: with qa-feedback's own choice, a known table
     first = comparisons[:3]
@@ -88,11 +114,16 @@ def test_report_has_table2_plot_agreement_kappa_and_times(tmp_path):
     for k, c in enumerate(first):
         for annotator, choice in (("ann2", "a"), ("ann3", ["a", "b", "tie"][k])):
             flipped = k == 1  # shown the other way round: the choice is flipped back when counting
-            extra.append({"comparison_id": f"{c['comparison_id']}-{annotator}", "annotator": annotator,
-                          "response_a": c["response_b"] if flipped else c["response_a"],
-                          "response_b": c["response_a"] if flipped else c["response_b"],
-                          "choice": {"a": "b", "b": "a"}.get(choice, choice) if flipped else choice,
-                          "seconds": [300.0, 500.0, 5000.0][k] if annotator == "ann2" else [400.0, 410.0, 420.0][k]})  # fmt: skip
+            extra.append(
+                {
+                    "comparison_id": f"{c['comparison_id']}-{annotator}",
+                    "annotator": annotator,
+                    "response_a": c["response_b"] if flipped else c["response_a"],
+                    "response_b": c["response_a"] if flipped else c["response_b"],
+                    "choice": {"a": "b", "b": "a"}.get(choice, choice) if flipped else choice,
+                    "seconds": [300.0, 500.0, 5000.0][k] if annotator == "ann2" else [400.0, 410.0, 420.0][k],
+                }
+            )
     repo.write({schema.JUDGMENTS: human + machine, schema.COMPARISONS: comparisons + extra})
     report = build_report(folder, rounds=100, seed=0)
 
@@ -110,8 +141,14 @@ def test_report_has_table2_plot_agreement_kappa_and_times(tmp_path):
 
     # agreement: one verdict each per pair, so it is the share of equal verdicts among pairs both judged
     shared = [(h, m) for h, m in zip(human, machine, strict=True) if m["winner"] is not None]
-    assert report.agreement == [{"judge_1": "human", "judge_2": "machine", "pairs": len(shared),
-                                 "agreement": pytest.approx(np.mean([h["winner"] == m["winner"] for h, m in shared]))}]  # fmt: skip
+    assert report.agreement == [
+        {
+            "judge_1": "human",
+            "judge_2": "machine",
+            "pairs": len(shared),
+            "agreement": pytest.approx(np.mean([h["winner"] == m["winner"] for h, m in shared])),
+        }
+    ]
 
     md, png = write_report(folder, rounds=100, seed=0)
     text = md.read_text()

@@ -14,12 +14,14 @@ from spanpref.prompts import PromptError, load_prompt, parse_prompt
         ('Sure! Here they are:\n```json\n["Why X?", "How Y?"]\n```\nHope this helps.', ["Why X?", "How Y?"]),
         ('{"questions": ["Why X?", "How Y?"]}', ["Why X?", "How Y?"]),
         ('[{"query": "Why X?"}, {"question": "How Y?"}, 3]', ["Why X?", "How Y?"]),
-        ("1. Why did the war start?\n2) How did it end?\n- What changed after?\nnot a question line",
-         ["Why did the war start?", "How did it end?", "What changed after?"]),
+        (
+            "1. Why did the war start?\n2) How did it end?\n- What changed after?\nnot a question line",
+            ["Why did the war start?", "How did it end?", "What changed after?"],
+        ),
         ("I cannot help with that.", []),
         ('["unterminated', []),
     ],
-)  # fmt: skip
+)
 def test_parse_queries(reply, expected):
     assert parse_queries(reply) == expected
 
@@ -27,10 +29,16 @@ def test_parse_queries(reply, expected):
 def test_clean_queries_drops_duplicates_short_and_long():
     seen = {"why did a happen"}
     kept, reason = clean_queries(
-        ["Why did A happen?", "Who?", "How do the two accounts of the battle differ and why?", "word " * 90,
-         "How do the two accounts of the battle differ and why"],
-        seen=seen, min_words=4,
-    )  # fmt: skip
+        [
+            "Why did A happen?",
+            "Who?",
+            "How do the two accounts of the battle differ and why?",
+            "word " * 90,
+            "How do the two accounts of the battle differ and why",
+        ],
+        seen=seen,
+        min_words=4,
+    )
     assert kept == ["How do the two accounts of the battle differ and why?"]
     assert reason == "duplicate; too short (1 words); too long (90 words)"
 

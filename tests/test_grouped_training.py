@@ -69,9 +69,13 @@ def test_a_long_group_is_split_into_rows_that_each_carry_the_prompt():
     assert split_responses(prompt, responses, max_length=None) == [[0, 1, 2, 3]]
     # 10 + 5 + 5 + 1 = 21 fits in 22; the third response would make 27
     assert split_responses(prompt, responses, max_length=22) == [[0, 1], [2], [3]]
-    rows, stats = group_pairs([{"prompt_ids": prompt, "chosen_ids": a, "rejected_ids": b}
-                               for a, b in [(responses[0], responses[1]), (responses[1], responses[2]),
-                                            (responses[2], responses[3])]], max_length=21)  # fmt: skip
+    rows, stats = group_pairs(
+        [
+            {"prompt_ids": prompt, "chosen_ids": a, "rejected_ids": b}
+            for a, b in [(responses[0], responses[1]), (responses[1], responses[2]), (responses[2], responses[3])]
+        ],
+        max_length=21,
+    )
     # [5] * 12 does not fit with the prompt (22 > 21): its pair is dropped and counted, the others stay
     assert (stats.pairs_in, stats.pairs, stats.dropped_pairs, stats.dropped_responses) == (3, 2, 1, 1)
     assert rows[0]["response_ids"] == responses[:3]
@@ -92,8 +96,11 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def _pair(query: str, chosen: str, rejected: str) -> dict:
-    return {"prompt": [{"role": "user", "content": query}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}  # fmt: skip
+    return {
+        "prompt": [{"role": "user", "content": query}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
 
 
 FLOODS = "Why do rivers flood in spring? Answer from the passage about snow. " * 3
@@ -119,12 +126,28 @@ def _trainer(model: Path, mode: str, loss: str, attn: str, lora: bool, **kwargs)
 
     from spanpref.training.trainer import GroupedDPOTrainer, SpanprefDPOConfig, SpanprefDPOTrainer
 
-    args = SpanprefDPOConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[], beta=0.1,
-                             per_device_train_batch_size=8, save_strategy="no", dataloader_num_workers=0,
-                             loss_type=[loss], training_mode=mode, dpop_lambda=1.0,
-                             model_init_kwargs={"attn_implementation": attn}, **{"max_length": 4096, **kwargs})  # fmt: skip
-    peft = get_peft_config(ModelConfig(use_peft=True, lora_r=4, lora_alpha=8,
-                                       lora_target_modules=["q_proj", "v_proj", "up_proj"])) if lora else None  # fmt: skip
+    args = SpanprefDPOConfig(
+        output_dir="unused",
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        beta=0.1,
+        per_device_train_batch_size=8,
+        save_strategy="no",
+        dataloader_num_workers=0,
+        loss_type=[loss],
+        training_mode=mode,
+        dpop_lambda=1.0,
+        model_init_kwargs={"attn_implementation": attn},
+        **{"max_length": 4096, **kwargs},
+    )
+    peft = (
+        get_peft_config(
+            ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj", "up_proj"])
+        )
+        if lora
+        else None
+    )
     cls = GroupedDPOTrainer if mode == "grouped" else SpanprefDPOTrainer
     return cls(model=str(model), args=args, train_dataset=datasets.Dataset.from_list(PAIRS), peft_config=peft)
 
@@ -298,8 +321,20 @@ def test_pairs_that_do_not_fit_are_counted_in_results_card_and_log(pairs_folder,
     max_length = full[len(full) // 2] if mode == "grouped" else prompt_len
     recipe = Path(__file__).resolve().parents[1] / "recipes/tiny/dpo/config_stepwise_sigmoid.yaml"
     out = tmp_path / mode
-    argv = ["--config", str(recipe), "--dataset_name", str(pairs_folder), "--output_dir", str(out),
-            "--max_length", str(max_length), "--training_mode", mode, "--max_steps", "1"]  # fmt: skip
+    argv = [
+        "--config",
+        str(recipe),
+        "--dataset_name",
+        str(pairs_folder),
+        "--output_dir",
+        str(out),
+        "--max_length",
+        str(max_length),
+        "--training_mode",
+        mode,
+        "--max_steps",
+        "1",
+    ]
     with caplog.at_level("WARNING"):
         results = train("dpo", *parse_args("dpo", argv))
     n = len(datasets.load_dataset(str(pairs_folder), "pairs_stepwise", split="train"))
@@ -324,8 +359,16 @@ def test_a_split_with_nothing_that_fits_stops_with_advice(pairs_folder, tmp_path
     from spanpref.training.run import parse_args, train
 
     recipe = Path(__file__).resolve().parents[1] / "recipes/tiny/dpo/config_stepwise_sigmoid.yaml"
-    argv = ["--config", str(recipe), "--dataset_name", str(pairs_folder), "--output_dir", str(tmp_path / "x"),
-            "--max_length", "8"]  # fmt: skip
+    argv = [
+        "--config",
+        str(recipe),
+        "--dataset_name",
+        str(pairs_folder),
+        "--output_dir",
+        str(tmp_path / "x"),
+        "--max_length",
+        "8",
+    ]
     with pytest.raises(ValueError, match="none of the .* pairs fits max_length 8 .* raise max_length"):
         train("dpo", *parse_args("dpo", argv))
     with pytest.raises(SystemExit, match="no training example is left .* raise max_length"):
@@ -345,10 +388,24 @@ def test_two_process_grouped_run_with_accumulation_and_precomputed_reference_mov
     from spanpref.models import resolve_model
 
     out = tmp_path / "out"
-    proc = accelerate_launch("dpo.py", "tiny/dpo/config_stepwise_apo_zero.yaml", "--dataset_name", str(pairs_folder),
-                             "--output_dir", str(out), "--precompute_ref_log_probs", "true", "--ref_logps_cache",
-                             str(tmp_path / "cache"), "--gradient_accumulation_steps", "2",
-                             "--per_device_train_batch_size", "1", "--max_steps", "2")  # fmt: skip
+    proc = accelerate_launch(
+        "dpo.py",
+        "tiny/dpo/config_stepwise_apo_zero.yaml",
+        "--dataset_name",
+        str(pairs_folder),
+        "--output_dir",
+        str(out),
+        "--precompute_ref_log_probs",
+        "true",
+        "--ref_logps_cache",
+        str(tmp_path / "cache"),
+        "--gradient_accumulation_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "1",
+        "--max_steps",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "reference log-probs of the train dataset kept in" in proc.stderr + proc.stdout
     before, after = trainable_weights(Path(resolve_model("tiny"))), trainable_weights(out)
@@ -365,12 +422,25 @@ def test_two_process_grouped_run_with_accumulation_and_precomputed_reference_mov
 def test_a_validation_split_with_nothing_that_fits_leaves_training_without_validation(tiny_models):
     from spanpref.training.trainer import GroupedDPOTrainer, SpanprefDPOConfig
 
-    args = SpanprefDPOConfig(output_dir="unused", use_cpu=True, bf16=False, report_to=[], max_length=512,
-                             per_device_train_batch_size=2, save_strategy="no", eval_strategy="steps", eval_steps=1,
-                             eval_on_start=True, loss_type=["apo_down"])  # fmt: skip
+    args = SpanprefDPOConfig(
+        output_dir="unused",
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        max_length=512,
+        per_device_train_batch_size=2,
+        save_strategy="no",
+        eval_strategy="steps",
+        eval_steps=1,
+        eval_on_start=True,
+        loss_type=["apo_down"],
+    )
     too_long = _pair("What is a delta?", "Land at a river mouth. " * 200, "A letter.")
-    trainer = GroupedDPOTrainer(model=str(tiny_models["llama"]), args=args,
-                                train_dataset=datasets.Dataset.from_list(PAIRS),
-                                eval_dataset=datasets.Dataset.from_list([too_long]))  # fmt: skip
+    trainer = GroupedDPOTrainer(
+        model=str(tiny_models["llama"]),
+        args=args,
+        train_dataset=datasets.Dataset.from_list(PAIRS),
+        eval_dataset=datasets.Dataset.from_list([too_long]),
+    )
     assert trainer.grouping["eval"]["dropped_pairs"] == 1 and trainer.grouping["train"]["pairs"] == len(PAIRS)
     assert trainer.eval_dataset is None and args.eval_strategy == "no" and not args.eval_on_start

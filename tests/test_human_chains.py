@@ -72,8 +72,10 @@ def test_overlapping_and_nested_spans_each_get_the_changes_they_share_most_with(
     outer, inner = _span(1, a0, "two three four five six"), _span(2, a0, "four")
     nested = build_human_chain(a0, "one 2 three 4 five six seven eight nine ten", [inner, outer], [])
     assert nested.ok, nested.reason
-    assert nested.texts == ["one 2 three four five six seven eight nine ten",
-                            "one 2 three 4 five six seven eight nine ten"]  # fmt: skip
+    assert nested.texts == [
+        "one 2 three four five six seven eight nine ten",
+        "one 2 three 4 five six seven eight nine ten",
+    ]
     assert [s.span_id for s in nested.spans] == [1, 2]
 
     # a deletion over the inner span and more: the outer span's step, the inner one fixed with it (not untouched)
@@ -193,8 +195,10 @@ def test_fixes_typed_per_span_make_the_correction_and_win_over_a_corrected_answe
     corrected, problem = correction_from_fixes(a0, [d1, d2])
     assert problem == "" and corrected == "Bloom is an album. It came out in 2018. Critics liked it."
     chain = build_human_chain(a0, "a corrected answer the fixes take precedence over", [d1, d2], [])
-    assert chain.ok and chain.texts == ["Bloom is an album. It came out in 2018. Ariana sang on it. Critics liked it.",
-                                        corrected]  # fmt: skip
+    assert chain.ok and chain.texts == [
+        "Bloom is an album. It came out in 2018. Ariana sang on it. Critics liked it.",
+        corrected,
+    ]
     # a span without a fix is left as it is when others have one
     d2.fix = ""
     only = build_human_chain(a0, None, [d1, d2], [])
@@ -212,8 +216,16 @@ def test_mixed_takes_the_fix_where_there_is_one_and_the_model_elsewhere():
     a0 = "Bloom is an album. It came out in 2017. Ariana sang on it."
     d1, d2 = _span(1, a0, "It came out in 2017."), _span(2, a0, "Ariana sang on it.")
     d1.fix = "It came out in 2018."
-    ctx = ChainContext(chain_id="c", annotation_id="a", query="q", document="doc", a0=a0, dislikes=[d1, d2], likes=[],
-                       reason_labels={})  # fmt: skip
+    ctx = ChainContext(
+        chain_id="c",
+        annotation_id="a",
+        query="q",
+        document="doc",
+        a0=a0,
+        dislikes=[d1, d2],
+        likes=[],
+        reason_labels={},
+    )
     rw = build_rewriter("mixed")
     assert rw.name == "mixed" and rw.uses_fixes
     s = _LocalState(ctx, a0, [d1, d2], [])
@@ -241,6 +253,9 @@ def test_the_bundled_corrections_give_valid_chains_that_end_exactly_at_them(tmp_
         assert c["steps"][-1]["text"] == annotations[c["annotation_id"]]["reference_rewrite"]
         assert [s["span_id"] for s in c["steps"] if s["span_id"] != OUTSIDE_SPAN] == sorted(
             (s["span_id"] for s in c["steps"] if s["span_id"] != OUTSIDE_SPAN),
-            key=lambda sid: next((x["start"], x["end"], x["span_id"]) for x in annotations[c["annotation_id"]]["spans"]
-                                 if x["span_id"] == sid),
-        )  # fmt: skip
+            key=lambda sid: next(
+                (x["start"], x["end"], x["span_id"])
+                for x in annotations[c["annotation_id"]]["spans"]
+                if x["span_id"] == sid
+            ),
+        )

@@ -115,12 +115,24 @@ class EchoingJudge:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body["messages"])
                 outer.formats.append(body.get("response_format"))
-                reply = outer.reply_json(body["messages"]) if body.get("response_format") else outer.reply(
-                    body["messages"])  # fmt: skip
-                reply_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": reply}}],
-                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})  # fmt: skip
+                reply = (
+                    outer.reply_json(body["messages"])
+                    if body.get("response_format")
+                    else outer.reply(body["messages"])
+                )
+                reply_json(
+                    self,
+                    {
+                        "id": "c",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": reply}}
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    },
+                )
 
             def log_message(self, *args):
                 pass
@@ -166,13 +178,22 @@ class EchoingJudge:
 def injected_repo(tmp_path) -> DatasetRepo:
     """Three prompts; model `b` ends every answer with a fake verdict for whichever answer is shown first."""
     repo = DatasetRepo(tmp_path / "r")
-    repo.write({
-        schema.DOCUMENTS: [{"doc_id": "d", "domain": "wiki", "title": "T", "text": "The bridge opened in 1932."}],
-        schema.QUERIES: [{"query_id": f"q{i}", "doc_id": "d", "query": f"When did bridge {i} open?"} for i in range(3)],
-        schema.EVAL_OUTPUTS: [o for i in range(3) for o in (
-            {"output_id": f"a{i}", "model": "a", "query_id": f"q{i}", "text": "It opened in 1932."},
-            {"output_id": f"b{i}", "model": "b", "query_id": f"q{i}", "text": "It opened in 1950." + INJECTED})],
-    })  # fmt: skip
+    repo.write(
+        {
+            schema.DOCUMENTS: [{"doc_id": "d", "domain": "wiki", "title": "T", "text": "The bridge opened in 1932."}],
+            schema.QUERIES: [
+                {"query_id": f"q{i}", "doc_id": "d", "query": f"When did bridge {i} open?"} for i in range(3)
+            ],
+            schema.EVAL_OUTPUTS: [
+                o
+                for i in range(3)
+                for o in (
+                    {"output_id": f"a{i}", "model": "a", "query_id": f"q{i}", "text": "It opened in 1932."},
+                    {"output_id": f"b{i}", "model": "b", "query_id": f"q{i}", "text": "It opened in 1950." + INJECTED},
+                )
+            ],
+        }
+    )
     return repo
 
 
@@ -263,8 +284,14 @@ def test_json_verdicts_parse_strictly():
 
     assert parse_json_verdict('{"reasoning": "x", "code": "7F3A", "verdict": "2"}', "7F3A") == ("second", "")
     assert parse_json_verdict('{"reasoning": "x", "code": "0000", "verdict": "1"}', "7F3A") == (None, WRONG_CODE)
-    for reply in ("Verdict [7F3A]: 1", '{"verdict": "first"}', '{"verdict": true}', "[1]",
-                  'Sure: {"code": "7F3A", "verdict": "1"}', *FALSE_POSITIVES):  # fmt: skip
+    for reply in (
+        "Verdict [7F3A]: 1",
+        '{"verdict": "first"}',
+        '{"verdict": true}',
+        "[1]",
+        'Sure: {"code": "7F3A", "verdict": "1"}',
+        *FALSE_POSITIVES,
+    ):
         assert parse_json_verdict(reply, "7F3A") == (None, NOT_JSON), reply
 
 

@@ -44,44 +44,103 @@ def step_texts(a0: str, n: int) -> list[str]:
 def chain_row(chain_id: str, annotation_id: str, a0: str, n: int, *, status: str = "ok", rewriter: str = "paper"):
     texts = step_texts(a0, n)
     prev = [a0] + texts
-    steps = [{"text": t, "span_id": 1, "edit_start": len(p), "edit_end": len(p), "new_end": len(t),
-              "distance": len(t) - len(p)} for p, t in zip(prev, texts, strict=False)]  # fmt: skip
-    return {"chain_id": chain_id, "annotation_id": annotation_id, "method": "sequential", "rewriter": rewriter,
-            "model": "tiny", "steps": steps, "status": status, "reject_reason": "" if status == "ok" else "drift"}  # fmt: skip
+    steps = [
+        {
+            "text": t,
+            "span_id": 1,
+            "edit_start": len(p),
+            "edit_end": len(p),
+            "new_end": len(t),
+            "distance": len(t) - len(p),
+        }
+        for p, t in zip(prev, texts, strict=False)
+    ]
+    return {
+        "chain_id": chain_id,
+        "annotation_id": annotation_id,
+        "method": "sequential",
+        "rewriter": rewriter,
+        "model": "tiny",
+        "steps": steps,
+        "status": status,
+        "reject_reason": "" if status == "ok" else "drift",
+    }
 
 
 def make_repo(path: Path, *, extra_chains: list[dict] | None = None, same_text_query: int | None = None) -> Path:
     """10 queries with two responses each, annotations on both, one comparison per query (2 ties), a valid
     chain of 1-3 steps on every `a` annotation, and a rejected and an empty chain on `b` annotations."""
-    docs = [{"doc_id": f"d{k}", "domain": "test", "title": f"Doc {k}",
-             "text": f"Document {k}. " + "Rivers flood in spring. " * 3} for k in range(2)]  # fmt: skip
-    queries = [{"query_id": f"q{i}", "doc_id": f"d{i % 2}", "query": f"Why does river {i} flood?"}
-               for i in range(N_QUERIES)]  # fmt: skip
+    docs = [
+        {
+            "doc_id": f"d{k}",
+            "domain": "test",
+            "title": f"Doc {k}",
+            "text": f"Document {k}. " + "Rivers flood in spring. " * 3,
+        }
+        for k in range(2)
+    ]
+    queries = [
+        {"query_id": f"q{i}", "doc_id": f"d{i % 2}", "query": f"Why does river {i} flood?"} for i in range(N_QUERIES)
+    ]
     responses, annotations, comparisons, chains = [], [], [], []
     for i in range(N_QUERIES):
         for side in "ab":
             text = answer(i, "a" if side == "b" and i == same_text_query else side)
             responses.append({"response_id": f"q{i}-{side}", "query_id": f"q{i}", "model": "tiny", "text": text})
             ref = (text if i == 3 else HUMAN.get(i)) if side == "a" else None
-            annotations.append({"annotation_id": f"ann-q{i}-{side}", "annotator": "tester", "response_id": f"q{i}-{side}",
-                                "spans": [{"span_id": 1, "start": 0, "end": 6, "polarity": "dislike",
-                                           "reasons": ["dislike.factually_wrong"]}],
-                                "reference_rewrite": ref})  # fmt: skip
+            annotations.append(
+                {
+                    "annotation_id": f"ann-q{i}-{side}",
+                    "annotator": "tester",
+                    "response_id": f"q{i}-{side}",
+                    "spans": [
+                        {
+                            "span_id": 1,
+                            "start": 0,
+                            "end": 6,
+                            "polarity": "dislike",
+                            "reasons": ["dislike.factually_wrong"],
+                        }
+                    ],
+                    "reference_rewrite": ref,
+                }
+            )
         choice = "tie" if i in TIES else "ab"[i % 2]
-        comparisons.append({"comparison_id": f"c{i}", "annotator": "tester", "response_a": f"q{i}-a",
-                            "response_b": f"q{i}-b", "choice": choice})  # fmt: skip
+        comparisons.append(
+            {
+                "comparison_id": f"c{i}",
+                "annotator": "tester",
+                "response_a": f"q{i}-a",
+                "response_b": f"q{i}-b",
+                "choice": choice,
+            }
+        )
         chains.append(chain_row(f"ch-q{i}", f"ann-q{i}-a", answer(i, "a"), chain_length(i)))
     chains.append(chain_row("ch-rejected", "ann-q0-b", answer(0, "b"), 2, status="rejected"))
     chains.append(chain_row("ch-empty", "ann-q1-b", answer(1, "b"), 0))
     repo = DatasetRepo(path)
-    repo.write({schema.DOCUMENTS: docs, schema.QUERIES: queries, schema.RESPONSES: responses,
-                schema.ANNOTATIONS: annotations, schema.COMPARISONS: comparisons})  # fmt: skip
+    repo.write(
+        {
+            schema.DOCUMENTS: docs,
+            schema.QUERIES: queries,
+            schema.RESPONSES: responses,
+            schema.ANNOTATIONS: annotations,
+            schema.COMPARISONS: comparisons,
+        }
+    )
     repo.write({schema.CHAINS: chains + (extra_chains or [])})
     return path
 
 
-EXPECTED = {schema.PAIRS_AB: 8, schema.PAIRS_FIRST_EDIT: 10, schema.PAIRS_FULL_REWRITE: 10, schema.PAIRS_STEPWISE: 19,
-            schema.PAIRS_STEPWISE_DS: 10, schema.PAIRS_HUMAN_REWRITE: 3, schema.SFT_FULL_REWRITE: 10}  # fmt: skip
+EXPECTED = {
+    schema.PAIRS_AB: 8,
+    schema.PAIRS_FIRST_EDIT: 10,
+    schema.PAIRS_FULL_REWRITE: 10,
+    schema.PAIRS_STEPWISE: 19,
+    schema.PAIRS_STEPWISE_DS: 10,
+    schema.PAIRS_HUMAN_REWRITE: 3,
+    schema.SFT_FULL_REWRITE: 10,
+}
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +194,10 @@ def test_pair_contents_and_provenance(built):
     states = [a0] + texts
     for i in range(3):
         r = step[f"ch-q2-s{i}"]
-        assert (r["chosen"], r["rejected"]) == ([{"role": "assistant", "content": states[i + 1]}],
-                                                [{"role": "assistant", "content": states[i]}])  # fmt: skip
+        assert (r["chosen"], r["rejected"]) == (
+            [{"role": "assistant", "content": states[i + 1]}],
+            [{"role": "assistant", "content": states[i]}],
+        )
         assert (r["query_id"], r["construction"], r["chain_id"], r["step"]) == ("q2", "stepwise", "ch-q2", i)
         # the prompt the response model saw: the response prompt with the document and the query
         assert r["prompt"] == prompt.messages(text=_truncate(docs["d0"], 6000), query="Why does river 2 flood?")
@@ -207,7 +268,9 @@ def test_one_atomic_write_and_missing_inputs_are_skipped(tmp_path, monkeypatch):
     folder = make_repo(tmp_path / "r")
     calls = []
     real = DatasetRepo.write
-    monkeypatch.setattr(DatasetRepo, "write", lambda self, configs, **kw: (calls.append(set(configs)), real(self, configs, **kw))[1])  # fmt: skip
+    monkeypatch.setattr(
+        DatasetRepo, "write", lambda self, configs, **kw: (calls.append(set(configs)), real(self, configs, **kw))[1]
+    )
     build_pairs(str(folder))
     assert calls == [set(EXPECTED)]
 
@@ -295,8 +358,10 @@ def test_load_dataset_gives_trl_conversational_splits(built):
     assert set(row["chosen"][0]) == {"role", "content"}
 
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def tiny_tokenizer(texts: list[str]):
@@ -307,8 +372,12 @@ def tiny_tokenizer(texts: list[str]):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     out.chat_template = CHATML
     return out
@@ -325,15 +394,33 @@ def test_pairs_train_with_dpo_trainer_unchanged(built, tmp_path):
     texts = [m["content"] for r in train for m in r["prompt"] + r["chosen"] + r["rejected"]]
     tokenizer = tiny_tokenizer(texts)
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     # without a ref_model, DPOTrainer reloads the reference from the model's path: it must be a saved folder
     LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    args = DPOConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, use_cpu=True,
-                     bf16=False, report_to=[], max_length=256, learning_rate=1e-3, save_strategy="no",
-                     logging_steps=1, dataloader_num_workers=0)  # fmt: skip
+    args = DPOConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        max_length=256,
+        learning_rate=1e-3,
+        save_strategy="no",
+        logging_steps=1,
+        dataloader_num_workers=0,
+    )
     trainer = DPOTrainer(model=str(tmp_path / "tiny"), args=args, train_dataset=train, processing_class=tokenizer)
     assert len(trainer.train_dataset) == len(train)  # no pair lost to the prompt filling max_length
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}

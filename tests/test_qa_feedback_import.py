@@ -39,8 +39,14 @@ def test_every_config_loads_with_datasets(imported):
     names = datasets.get_dataset_config_names(str(out))
     assert names == ["documents", "queries", "responses", "annotations", "comparisons", "references"]
     sizes = {n: datasets.load_dataset(str(out), n, split="train").num_rows for n in names}
-    assert sizes == {"documents": 300, "queries": 300, "responses": 1200, "annotations": 300, "comparisons": 1800,
-                     "references": 300}  # fmt: skip
+    assert sizes == {
+        "documents": 300,
+        "queries": 300,
+        "responses": 1200,
+        "annotations": 300,
+        "comparisons": 1800,
+        "references": 300,
+    }
     assert report.records_in == report.records_out == 300 and report.rejected == []
 
 
@@ -91,8 +97,9 @@ def test_missing_info_notes_quote_the_passage(imported):
     note = next(r["note"] for r in ann["response_reasons"] if r["note"].startswith("Missing-Answer"))
     # passage ids count from 1; sentence ids index the passage list (entry 0 is the title)
     assert note.startswith(f"Missing-Answer: passage {answer['passage_id']}, sentence(s) {answer['sentence_id']}: ")
-    assert note.endswith("In present-day Los Angeles, bank loan officer Christine is in competition for a promotion "
-                         "with Stu Rubin.")  # fmt: skip
+    assert note.endswith(
+        "In present-day Los Angeles, bank loan officer Christine is in competition for a promotion with Stu Rubin."
+    )
     assert [r["reason"] for r in ann["response_reasons"]] == ["dislike.shallow", "dislike.generic_or_incomplete"]
 
 
@@ -132,19 +139,35 @@ def _break(path, value):
     [
         (_break(["question"], KeyError), r"missing 'question'"),
         (_break(["prediction 3"], 7), r"'prediction 3' should be str, got int"),
-        (_break(["feedback", "errors", 0, "end"], 10_000), r"feedback.errors\[0\]: span \[\d+, 10000\) is not inside "
-         r"prediction 1 \(\d+ characters\)"),
+        (
+            _break(["feedback", "errors", 0, "end"], 10_000),
+            r"feedback.errors\[0\]: span \[\d+, 10000\) is not inside "
+            r"prediction 1 \(\d+ characters\)",
+        ),
         (_break(["feedback", "errors", 0, "start"], 999), r"feedback.errors\[0\]: span \[999, \d+\)"),
         (_break(["feedback", "errors", 0, "error type"], "Rude"), r"feedback.errors\[0\]: unknown error type 'Rude'"),
-        (_break(["feedback", "missing-info"], [{"error type": "Missing-Everything"}]), r"feedback.missing-info\[0\]: unknown type 'Missing-Every"),
+        (
+            _break(["feedback", "missing-info"], [{"error type": "Missing-Everything"}]),
+            r"feedback.missing-info\[0\]: unknown type 'Missing-Every",
+        ),
         (_break(["preference"], [1, 2, 3, 0, 0, 0]), r"preference should be 6 values in \{0, 1, 2\}"),
         (_break(["preference"], [1, 2]), r"preference should be 6 values"),
         (_break(["passages"], [["only a title", 5]]), r"passages\[0\] should be a non-empty list of strings"),
         (_break(["feedback"], KeyError), r"missing 'feedback'"),
     ],
-    ids=["no-question", "prediction-type", "span-past-end", "span-start-after-end", "error-type", "missing-type",
-         "preference-value", "preference-length", "passages", "no-feedback"],
-)  # fmt: skip
+    ids=[
+        "no-question",
+        "prediction-type",
+        "span-past-end",
+        "span-start-after-end",
+        "error-type",
+        "missing-type",
+        "preference-value",
+        "preference-length",
+        "passages",
+        "no-feedback",
+    ],
+)
 def test_bad_records_stop_the_import_with_file_index_and_reason(tmp_path, mutate, message):
     records = copy.deepcopy(_raw()[:3])
     mutate(records[2])

@@ -37,8 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------------------------------
 # Segmentation
 # ---------------------------------------------------------------------------------------------------
-TEXT = ('Dr. Smith went to Washington, D.C. in 1,000 B.C. He said: "Hi!" Then he left.  '
-        "J. R. R. Tolkien wrote it; I did. Pi is 3.14 exactly.\n\nNew para, here")  # fmt: skip
+TEXT = (
+    'Dr. Smith went to Washington, D.C. in 1,000 B.C. He said: "Hi!" Then he left.  '
+    "J. R. R. Tolkien wrote it; I did. Pi is 3.14 exactly.\n\nNew para, here"
+)
 
 
 def texts(text: str, level: str) -> list[str]:
@@ -58,9 +60,17 @@ def test_sentences_skip_abbreviations_initials_decimals_and_lowercase_continuati
 
 def test_sub_sentences_cut_at_clause_punctuation_but_not_inside_numbers():
     assert texts(TEXT, "sub_sentence") == [
-        "Dr. Smith went to Washington,", "D.C. in 1,000 B.C.", "He said:", '"Hi!"', "Then he left.",
-        "J. R. R. Tolkien wrote it;", "I did.", "Pi is 3.14 exactly.", "New para,", "here",
-    ]  # fmt: skip
+        "Dr. Smith went to Washington,",
+        "D.C. in 1,000 B.C.",
+        "He said:",
+        '"Hi!"',
+        "Then he left.",
+        "J. R. R. Tolkien wrote it;",
+        "I did.",
+        "Pi is 3.14 exactly.",
+        "New para,",
+        "here",
+    ]
 
 
 def test_response_level_is_the_stripped_text_and_blank_text_has_no_segment():
@@ -71,8 +81,10 @@ def test_response_level_is_the_stripped_text_and_blank_text_has_no_segment():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.text(alphabet=st.sampled_from(list("ab. ,;:!?\n'\"Jé😀1")), max_size=80),
-       st.sampled_from(["sub_sentence", "sentence", "response"]))  # fmt: skip
+@given(
+    st.text(alphabet=st.sampled_from(list("ab. ,;:!?\n'\"Jé😀1")), max_size=80),
+    st.sampled_from(["sub_sentence", "sentence", "response"]),
+)
 def test_segments_are_ordered_stripped_and_only_whitespace_lies_between(text, level):
     segs = split_segments(text, level)
     last = 0
@@ -123,8 +135,10 @@ def test_group_config_errors_name_the_file_and_the_problem(tmp_path):
 
 def test_a_custom_taxonomy_gets_its_own_groups(tmp_path):
     tax = tmp_path / "tax.yaml"
-    tax.write_text("name: mini\nversion: 3\nlike: []\ndislike:\n  - group: g\n    reasons:\n"
-                   "      - {id: bad.claim, label: Wrong}\n      - {id: bad.rambling, label: Rambles}\n")  # fmt: skip
+    tax.write_text(
+        "name: mini\nversion: 3\nlike: []\ndislike:\n  - group: g\n    reasons:\n"
+        "      - {id: bad.claim, label: Wrong}\n      - {id: bad.rambling, label: Rambles}\n"
+    )
     groups = tmp_path / "groups.yaml"
     groups.write_text("taxonomy: mini@3\ngroups:\n  truth: {level: sentence, reasons: [bad.claim], weight: 2}\n")
     cfg = load_groups(groups, taxonomy=tax)
@@ -134,24 +148,34 @@ def test_a_custom_taxonomy_gets_its_own_groups(tmp_path):
 def test_labels_mark_segments_a_group_span_overlaps():
     text = "Paris is in France. It has 9 million people, mostly cats. Anyway, bye."
     #       0         1         2         3         4         5         6
-    ann = {"spans": [
-        {"start": 27, "end": 36, "polarity": "dislike", "reasons": ["dislike.factually_wrong"]},  # "9 million"
-        {"start": 46, "end": 56, "polarity": "dislike", "reasons": ["dislike.off_topic"]},  # "mostly cats"
-        {"start": 0, "end": 19, "polarity": "like", "reasons": ["like.answers_question"]},
-        {"start": 56, "end": 58, "polarity": "dislike", "reasons": ["dislike.off_topic"]},  # ". " only: the period
-    ], "response_reasons": [{"reason": "dislike.shallow"}]}  # fmt: skip
+    ann = {
+        "spans": [
+            {"start": 27, "end": 36, "polarity": "dislike", "reasons": ["dislike.factually_wrong"]},  # "9 million"
+            {"start": 46, "end": 56, "polarity": "dislike", "reasons": ["dislike.off_topic"]},  # "mostly cats"
+            {"start": 0, "end": 19, "polarity": "like", "reasons": ["like.answers_question"]},
+            {"start": 56, "end": 58, "polarity": "dislike", "reasons": ["dislike.off_topic"]},  # ". " only: the period
+        ],
+        "response_reasons": [{"reason": "dislike.shallow"}],
+    }
     fact = RewardGroup("factuality", "sentence", ("dislike.factually_wrong",))
     rel = RewardGroup("relevance", "sub_sentence", ("dislike.off_topic",))
     comp = RewardGroup("completeness", "response", ("dislike.shallow",))
     assert texts(text, "sentence") == ["Paris is in France.", "It has 9 million people, mostly cats.", "Anyway, bye."]
     assert label_segments(text, ann, fact) == [0, 1, 0]
-    assert texts(text, "sub_sentence") == ["Paris is in France.", "It has 9 million people,", "mostly cats.",
-                                           "Anyway,", "bye."]  # fmt: skip
+    assert texts(text, "sub_sentence") == [
+        "Paris is in France.",
+        "It has 9 million people,",
+        "mostly cats.",
+        "Anyway,",
+        "bye.",
+    ]
     assert label_segments(text, ann, rel) == [0, 0, 1, 0, 0]
     assert label_segments(text, ann, comp) == [1]
     # a span touching a segment with whitespace only does not mark it
-    ws = {"spans": [{"start": 19, "end": 20, "polarity": "dislike", "reasons": ["dislike.factually_wrong"]}],
-          "response_reasons": []}  # fmt: skip
+    ws = {
+        "spans": [{"start": 19, "end": 20, "polarity": "dislike", "reasons": ["dislike.factually_wrong"]}],
+        "response_reasons": [],
+    }
     assert label_segments(text, ws, fact) == [0, 0, 0]
 
 
@@ -196,19 +220,30 @@ def test_reward_components_sign_and_prob_modes():
 
 def test_segment_rewards_combine_components_at_their_levels():
     text = "Cats purr, dogs bark. Fish swim."
-    comps = [RewardComponent(PatternScorer(r"^[cC]", "sub_sentence", name="c"), 1.0, "prob"),
-             RewardComponent(PatternScorer(r"^[dD]", "sentence", name="d"), 0.5, "sign")]  # fmt: skip
+    comps = [
+        RewardComponent(PatternScorer(r"^[cC]", "sub_sentence", name="c"), 1.0, "prob"),
+        RewardComponent(PatternScorer(r"^[dD]", "sentence", name="d"), 0.5, "sign"),
+    ]
     (rewards,) = compute_segment_rewards(comps, ["q"], [text])
     # c: "Cats purr," 1/2 words match -> p=0.5 -> 0; "dogs bark." 0/2 -> -1; "Fish swim." -> -1
     # d (sentence): "Cats purr, dogs bark." 1/4 match -> p=0.75 -> -0.5; "Fish swim." -> -0.5
     assert [(r.component, r.end, r.reward) for r in rewards] == [
-        ("c", 10, 0.0), ("c", 21, -1.0), ("c", 32, -1.0), ("d", 21, -0.5), ("d", 32, -0.5)]  # fmt: skip
+        ("c", 10, 0.0),
+        ("c", 21, -1.0),
+        ("c", 32, -1.0),
+        ("d", 21, -0.5),
+        ("d", 32, -0.5),
+    ]
 
 
 def test_rewards_land_on_the_token_that_completes_each_segment():
     ends = [4, 10, 11, 21, 32]  # token i ends at ends[i]
-    rewards = [SegmentReward("a", 0, 10, 1.0), SegmentReward("a", 11, 21, -1.0), SegmentReward("b", 0, 21, 0.5),
-               SegmentReward("a", 22, 31, 2.0)]  # fmt: skip
+    rewards = [
+        SegmentReward("a", 0, 10, 1.0),
+        SegmentReward("a", 11, 21, -1.0),
+        SegmentReward("b", 0, 21, 0.5),
+        SegmentReward("a", 22, 31, 2.0),
+    ]
     assert place_rewards(rewards, ends).tolist() == [0.0, 1.0, 0.0, -0.5, 2.0]
     assert place_rewards(rewards, []).tolist() == []
 
@@ -281,8 +316,17 @@ def test_ppo_losses_clip_as_in_the_paper():
     new = torch.log(torch.tensor([[1.5, 0.9, 1.0]]))  # ratios 1.5, 0.9, 1.0
     adv = torch.tensor([[1.0, -2.0, 0.5]])
     m = torch.ones(1, 3)
-    out = ppo_losses(new, old, adv, torch.tensor([[1.0, 0.0, 0.0]]), torch.zeros(1, 3), torch.tensor([[0.5, 0.0, 1.0]]),
-                     m, cliprange=0.2, cliprange_value=0.2)  # fmt: skip
+    out = ppo_losses(
+        new,
+        old,
+        adv,
+        torch.tensor([[1.0, 0.0, 0.0]]),
+        torch.zeros(1, 3),
+        torch.tensor([[0.5, 0.0, 1.0]]),
+        m,
+        cliprange=0.2,
+        cliprange_value=0.2,
+    )
     # token 0: max(-1.5, -1.2) = -1.2; token 1: max(1.8, 1.8) = 1.8; token 2: -0.5
     assert out["policy_loss"].item() == pytest.approx((-1.2 + 1.8 - 0.5) / 3)
     # values: token 0 unclipped (1-0.5)^2=0.25, clipped (0.2-0.5)^2=0.09 -> 0.25; token 2: 1.0 both -> 0.5*(0.25+0+1)/3

@@ -66,9 +66,24 @@ def test_a_wrong_taxonomy_is_named(qaf):
 @pytest.fixture(scope="module")
 def trained(qaf, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "rms"
-    args = parse_args(["--config", str(TINY_RECIPE), "--dataset_name", str(qaf), "--output_dir", str(out),
-                       "--max_steps", "2", "--push_to_hub", "true", "--hub_model_id", "me/qaf-rm",
-                       "--hub_token", "hf_test"])  # fmt: skip
+    args = parse_args(
+        [
+            "--config",
+            str(TINY_RECIPE),
+            "--dataset_name",
+            str(qaf),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "2",
+            "--push_to_hub",
+            "true",
+            "--hub_model_id",
+            "me/qaf-rm",
+            "--hub_token",
+            "hf_test",
+        ]
+    )
     api = RecordingHfApi()
     results = train_reward_models(*args, api=api)
     return out, results, api
@@ -136,9 +151,26 @@ def test_frozen_backbone_trains_only_the_head_and_evaluation_matches_the_saved_m
     from spanpref.models import resolve_model
 
     out = tmp_path / "frozen"
-    args = parse_args(["--config", str(TINY_RECIPE), "--dataset_name", str(qaf), "--output_dir", str(out),
-                       "--freeze_backbone", "true", "--backbone_layers", "1", "--max_steps", "-1",
-                       "--num_train_epochs", "3", "--group_names", "factuality"])  # fmt: skip
+    args = parse_args(
+        [
+            "--config",
+            str(TINY_RECIPE),
+            "--dataset_name",
+            str(qaf),
+            "--output_dir",
+            str(out),
+            "--freeze_backbone",
+            "true",
+            "--backbone_layers",
+            "1",
+            "--max_steps",
+            "-1",
+            "--num_train_epochs",
+            "3",
+            "--group_names",
+            "factuality",
+        ]
+    )
     results = train_reward_models(*args)
     assert list(results["groups"]) == ["factuality"]
     base = load_file(str(Path(resolve_model("tiny")) / "model.safetensors"))
@@ -177,21 +209,56 @@ def _synthetic_repo(folder: Path, n: int = 60, seed: int = 0) -> None:
             start = len(text) + (1 if text else 0)
             text = f"{text} {s}" if text else s
             if "banana" in s:
-                spans.append({"span_id": len(spans) + 1, "start": start, "end": start + len(s), "polarity": "dislike",
-                              "reasons": ["dislike.factually_wrong"]})  # fmt: skip
+                spans.append(
+                    {
+                        "span_id": len(spans) + 1,
+                        "start": start,
+                        "end": start + len(s),
+                        "polarity": "dislike",
+                        "reasons": ["dislike.factually_wrong"],
+                    }
+                )
         queries.append({"query_id": f"q{i}", "doc_id": "d0", "query": f"Tell me about item {i}."})
         responses.append({"response_id": f"r{i}", "query_id": f"q{i}", "model": "m", "text": text})
-        annotations.append({"annotation_id": f"a{i}", "annotator": "t", "response_id": f"r{i}", "spans": spans,
-                            "taxonomy": "spanpref-default@1"})  # fmt: skip
-    DatasetRepo(folder).write({"documents": [{"doc_id": "d0", "domain": "x", "title": "t", "text": "doc"}],
-                               "queries": queries, "responses": responses, "annotations": annotations})  # fmt: skip
+        annotations.append(
+            {
+                "annotation_id": f"a{i}",
+                "annotator": "t",
+                "response_id": f"r{i}",
+                "spans": spans,
+                "taxonomy": "spanpref-default@1",
+            }
+        )
+    DatasetRepo(folder).write(
+        {
+            "documents": [{"doc_id": "d0", "domain": "x", "title": "t", "text": "doc"}],
+            "queries": queries,
+            "responses": responses,
+            "annotations": annotations,
+        }
+    )
 
 
 def test_training_beats_the_majority_baseline_on_a_learnable_task(tmp_path):
     _synthetic_repo(tmp_path / "syn")
-    args = parse_args(["--config", str(TINY_RECIPE), "--dataset_name", str(tmp_path / "syn"), "--output_dir",
-                       str(tmp_path / "out"), "--group_names", "factuality", "--max_steps", "60",
-                       "--learning_rate", "3e-3", "--per_device_train_batch_size", "8"])  # fmt: skip
+    args = parse_args(
+        [
+            "--config",
+            str(TINY_RECIPE),
+            "--dataset_name",
+            str(tmp_path / "syn"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--group_names",
+            "factuality",
+            "--max_steps",
+            "60",
+            "--learning_rate",
+            "3e-3",
+            "--per_device_train_batch_size",
+            "8",
+        ]
+    )
     res = train_reward_models(*args)["groups"]["factuality"]
     assert res["eval"]["macro_f1"] > res["baseline"]["macro_f1"] + 0.3
     assert res["eval"]["accuracy"] > res["baseline"]["accuracy"] + 0.1

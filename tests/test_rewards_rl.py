@@ -17,26 +17,46 @@ from spanpref.rewards.ppo import RLArguments, pattern_frequency, train_rl
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "rewards"
-PROMPTS = [{"query": f"question {i}", "document": "", "messages": [{"role": "user", "content": f"Question {i}?"}]}
-           for i in range(8)]  # fmt: skip
+PROMPTS = [
+    {"query": f"question {i}", "document": "", "messages": [{"role": "user", "content": f"Question {i}?"}]}
+    for i in range(8)
+]
 CAPITALS = "[A-Z]"  # the toy pattern: words with a capital letter (~20% of the tiny model's random words)
 
 
 def tiny_args(tmp_path: Path, **kw) -> RLArguments:
-    defaults = {"model_name_or_path": "tiny", "steps": 12, "batch_size": 16, "mini_batch_size": 16,
-                "ppo_epochs": 2, "learning_rate": 5e-3, "max_new_tokens": 12, "kl_coef": 0.05, "use_cpu": True,
-                "output_dir": str(tmp_path), "pattern": CAPITALS, "seed": 0}  # fmt: skip
+    defaults = {
+        "model_name_or_path": "tiny",
+        "steps": 12,
+        "batch_size": 16,
+        "mini_batch_size": 16,
+        "ppo_epochs": 2,
+        "learning_rate": 5e-3,
+        "max_new_tokens": 12,
+        "kl_coef": 0.05,
+        "use_cpu": True,
+        "output_dir": str(tmp_path),
+        "pattern": CAPITALS,
+        "seed": 0,
+    }
     return RLArguments(**{**defaults, **kw})
 
 
 def sample_frequency(model, tokenizer, n: int = 48, seed: int = 123) -> float:
     """Pattern frequency in fresh samples of a policy (same prompts and seed for every policy compared)."""
-    ids = tokenizer.apply_chat_template(PROMPTS[0]["messages"], add_generation_prompt=True, return_tensors="pt",
-                                        return_dict=True)["input_ids"]  # fmt: skip
+    ids = tokenizer.apply_chat_template(
+        PROMPTS[0]["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )["input_ids"]
     torch.manual_seed(seed)
     with torch.no_grad():
-        out = model.generate(input_ids=ids.repeat(n, 1), attention_mask=torch.ones_like(ids).repeat(n, 1),
-                             do_sample=True, top_k=0, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out = model.generate(
+            input_ids=ids.repeat(n, 1),
+            attention_mask=torch.ones_like(ids).repeat(n, 1),
+            do_sample=True,
+            top_k=0,
+            max_new_tokens=12,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     return pattern_frequency(tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True), CAPITALS)
 
 
@@ -69,8 +89,9 @@ def test_raising_a_reward_weight_steers_the_policy_toward_its_pattern(tmp_path):
     freq, reward = {}, {}
     for weight in (0.0, 2.0):  # same seed, same prompts: only the weight of the pattern reward differs
         comp = [RewardComponent(PatternScorer(CAPITALS, "response"), weight, "prob")]
-        res = train_rl(tiny_args(tmp_path / str(weight), save_model=False, plot=False), components=comp,
-                       prompts=PROMPTS)  # fmt: skip
+        res = train_rl(
+            tiny_args(tmp_path / str(weight), save_model=False, plot=False), components=comp, prompts=PROMPTS
+        )
         freq[weight] = sample_frequency(res["model"].policy.eval(), tokenizer)
         reward[weight] = [h["reward"] for h in res["history"]]
     assert reward[0.0] == [0.0] * 12  # weight 0: the pattern gives no reward at all
@@ -130,15 +151,48 @@ def test_rewards_commands_train_score_and_rl(tmp_path, capsys):
     repo = tmp_path / "qaf"
     import_qa_feedback("bundled", repo, limit=8)
     rms = tmp_path / "rms"
-    assert main(["rewards", "train", str(repo), "--recipe", str(RECIPES / "reward_model/config_tiny.yaml"),
-                 "--output-dir", str(rms), "--set", "max_steps=1", "group_names=relevance factuality"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "rewards",
+                "train",
+                str(repo),
+                "--recipe",
+                str(RECIPES / "reward_model/config_tiny.yaml"),
+                "--output-dir",
+                str(rms),
+                "--set",
+                "max_steps=1",
+                "group_names=relevance factuality",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "relevance" in out and "factuality" in out and "majority-class baseline" in out
     assert sorted(p.name for p in rms.iterdir() if p.is_dir()) == ["factuality", "relevance"]
 
     scored = tmp_path / "scored.jsonl"
-    assert main(["rewards", "score", str(repo), "--reward-models", str(rms / "relevance"), str(rms / "factuality"),
-                 "--weights", "0.3", "0.5", "--limit", "3", "--output", str(scored)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "rewards",
+                "score",
+                str(repo),
+                "--reward-models",
+                str(rms / "relevance"),
+                str(rms / "factuality"),
+                "--weights",
+                "0.3",
+                "0.5",
+                "--limit",
+                "3",
+                "--output",
+                str(scored),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in scored.read_text().splitlines()]
     assert len(rows) == 3
     for row in rows:
@@ -147,9 +201,27 @@ def test_rewards_commands_train_score_and_rl(tmp_path, capsys):
         assert row["total"] == pytest.approx(sum(s["reward"] for s in row["segments"]))
 
     rl = tmp_path / "rl"
-    assert main(["rewards", "rl", str(repo), "--recipe", str(RECIPES / "rl/config_tiny_cpu.yaml"), "--output-dir",
-                 str(rl), "--set", "steps=2", "batch_size=4", "mini_batch_size=4", "max_new_tokens=8",
-                 f"reward_models={rms / 'relevance'} {rms / 'factuality'}", "reward_weights=0.3 0.5"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "rewards",
+                "rl",
+                str(repo),
+                "--recipe",
+                str(RECIPES / "rl/config_tiny_cpu.yaml"),
+                "--output-dir",
+                str(rl),
+                "--set",
+                "steps=2",
+                "batch_size=4",
+                "mini_batch_size=4",
+                "max_new_tokens=8",
+                f"reward_models={rms / 'relevance'} {rms / 'factuality'}",
+                "reward_weights=0.3 0.5",
+            ]
+        )
+        == 0
+    )
     assert "step    2" in capsys.readouterr().out and (rl / "reward_curve.png").is_file()
     assert {"reward/relevance", "reward/factuality"} <= set(
         json.loads((rl / "rl_history.jsonl").read_text().split("\n")[0])
@@ -167,17 +239,50 @@ def test_two_process_accelerate_launch(tmp_path):
 
     import_qa_feedback("bundled", tmp_path / "qaf", limit=4)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"model_name_or_path": "tiny", "dataset_name": str(tmp_path / "qaf"),
-                                      "reward_models": [], "pattern": CAPITALS, "steps": 2, "batch_size": 4,
-                                      "mini_batch_size": 2, "max_new_tokens": 8, "learning_rate": 1e-3,
-                                      "use_cpu": True, "output_dir": str(tmp_path / "out")}))  # fmt: skip
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": "tiny",
+                "dataset_name": str(tmp_path / "qaf"),
+                "reward_models": [],
+                "pattern": CAPITALS,
+                "steps": 2,
+                "batch_size": 4,
+                "mini_batch_size": 2,
+                "max_new_tokens": 8,
+                "learning_rate": 1e-3,
+                "use_cpu": True,
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     # `--cpu --num_processes 2` starts one process in accelerate 1.15 (see test_training.accelerate_launch);
     # `--multi_gpu` with the recipe's use_cpu gives two gloo ranks
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "-m", "spanpref.rewards.ppo", "--config", str(recipe)], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "spanpref.rewards.ppo",
+            "--config",
+            str(recipe),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = [json.loads(x) for x in (tmp_path / "out/rl_history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2]  # written once, by the main process

@@ -7,18 +7,50 @@ from spanpref.taxonomy import TaxonomyError, load_qa_feedback_mapping, load_taxo
 # Version 1 ids are a public contract (they are stored in every annotation): changing one must be a
 # deliberate new taxonomy version, so this list is checked verbatim.
 V1_IDS = {
-    "like": ["like.answers_question", "like.leads_to_answer", "like.builds_understanding", "like.recap",
-             "like.grounded_in_source", "like.restates_query", "like.own_knowledge", "like.useful_fact",
-             "like.sound_conclusion", "like.judges_reliability", "like.offers_possibilities", "like.defines_term",
-             "like.gives_opinion", "like.clarifies_query", "like.flags_caveat", "like.admits_uncertainty",
-             "like.attentive_to_query", "like.well_written", "like.well_organized", "like.engaging"],
-    "dislike": ["dislike.factually_wrong", "dislike.weak_advice", "dislike.unnecessary", "dislike.off_topic",
-                "dislike.toxic", "dislike.wrong_attribution", "dislike.misrepresents_source",
-                "dislike.too_many_options", "dislike.confusing", "dislike.repetitive", "dislike.verbose",
-                "dislike.wrong_tone", "dislike.generic_or_incomplete", "dislike.misread_question",
-                "dislike.ignores_instructions", "dislike.one_sided", "dislike.shallow", "dislike.copies_source",
-                "dislike.disagree"],
-}  # fmt: skip
+    "like": [
+        "like.answers_question",
+        "like.leads_to_answer",
+        "like.builds_understanding",
+        "like.recap",
+        "like.grounded_in_source",
+        "like.restates_query",
+        "like.own_knowledge",
+        "like.useful_fact",
+        "like.sound_conclusion",
+        "like.judges_reliability",
+        "like.offers_possibilities",
+        "like.defines_term",
+        "like.gives_opinion",
+        "like.clarifies_query",
+        "like.flags_caveat",
+        "like.admits_uncertainty",
+        "like.attentive_to_query",
+        "like.well_written",
+        "like.well_organized",
+        "like.engaging",
+    ],
+    "dislike": [
+        "dislike.factually_wrong",
+        "dislike.weak_advice",
+        "dislike.unnecessary",
+        "dislike.off_topic",
+        "dislike.toxic",
+        "dislike.wrong_attribution",
+        "dislike.misrepresents_source",
+        "dislike.too_many_options",
+        "dislike.confusing",
+        "dislike.repetitive",
+        "dislike.verbose",
+        "dislike.wrong_tone",
+        "dislike.generic_or_incomplete",
+        "dislike.misread_question",
+        "dislike.ignores_instructions",
+        "dislike.one_sided",
+        "dislike.shallow",
+        "dislike.copies_source",
+        "dislike.disagree",
+    ],
+}
 
 
 def test_default_taxonomy_has_the_papers_structure():
@@ -57,14 +89,18 @@ dislike:
     [
         ("name: x\nversion: 1\nlike: []\n", r"the file needs a 'dislike' entry"),
         ("name: x\nversion: one\nlike: []\ndislike: []\n", r"version must be an integer"),
-        ("name: x\nversion: 1\nlike: [{group: g, reasons: [{id: a, label: A}, {id: a, label: B}]}]\ndislike: []\n",
-         r"reason id 'a' is used twice"),
-        ("name: x\nversion: 1\nlike: [{group: g, reasons: [{label: A}]}]\ndislike: []\n",
-         r"like group 'g' reason 0 needs a 'id' entry"),
+        (
+            "name: x\nversion: 1\nlike: [{group: g, reasons: [{id: a, label: A}, {id: a, label: B}]}]\ndislike: []\n",
+            r"reason id 'a' is used twice",
+        ),
+        (
+            "name: x\nversion: 1\nlike: [{group: g, reasons: [{label: A}]}]\ndislike: []\n",
+            r"like group 'g' reason 0 needs a 'id' entry",
+        ),
         ("name: x\nversion: 1\nlike: [{group: g, reasons: []}]\ndislike: []\n", r"like group 'g' has no reasons"),
         ("name: [unclosed\n", r"not valid YAML"),
     ],
-)  # fmt: skip
+)
 def test_bad_taxonomy_files_are_named(tmp_path, content, message):
     f = tmp_path / "bad.yaml"
     f.write_text(content)

@@ -88,8 +88,18 @@ def _trainer(cls, config_cls, model: Path, folder: Path, out: Path, **kwargs):
     import datasets
 
     train = datasets.load_dataset(str(folder), "pairs_stepwise", split="train")
-    args = config_cls(output_dir=str(out), use_cpu=True, bf16=False, report_to=[], max_length=1024, beta=0.1,
-                      per_device_train_batch_size=4, save_strategy="no", dataloader_num_workers=0, **kwargs)  # fmt: skip
+    args = config_cls(
+        output_dir=str(out),
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        max_length=1024,
+        beta=0.1,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        dataloader_num_workers=0,
+        **kwargs,
+    )
     return cls(model=str(model), args=args, train_dataset=train)
 
 
@@ -105,11 +115,22 @@ def test_trl_internals_the_override_relies_on_are_unchanged(tiny_model, pairs_re
     assert trl.__version__ == TRL_VERSION, (
         "trl moved: re-check SpanprefDPOTrainer._compute_loss, then bump TRL_VERSION"
     )
-    for ours_type, trl_type in [("sigmoid", "sigmoid"), ("apo_zero", "apo_zero"), ("apo_down", "apo_down"),
-                                ("dpo_positive", "sigmoid")]:  # fmt: skip
+    for ours_type, trl_type in [
+        ("sigmoid", "sigmoid"),
+        ("apo_zero", "apo_zero"),
+        ("apo_down", "apo_down"),
+        ("dpo_positive", "sigmoid"),
+    ]:
         torch.manual_seed(0)
-        ours = _trainer(SpanprefDPOTrainer, SpanprefDPOConfig, tiny_model, pairs_repo, tmp_path / "a",
-                        loss_type=[ours_type], dpop_lambda=0.0)  # fmt: skip
+        ours = _trainer(
+            SpanprefDPOTrainer,
+            SpanprefDPOConfig,
+            tiny_model,
+            pairs_repo,
+            tmp_path / "a",
+            loss_type=[ours_type],
+            dpop_lambda=0.0,
+        )
         theirs = _trainer(DPOTrainer, DPOConfig, tiny_model, pairs_repo, tmp_path / "b", loss_type=[trl_type])
         batch = ours._prepare_inputs(next(iter(ours.get_train_dataloader())))
         with torch.no_grad():
@@ -140,8 +161,15 @@ def test_reference_log_probs_are_computed_once_across_runs(tiny_model, pairs_rep
 
     def trainer(out, **kwargs):
         kwargs.setdefault("ref_logps_cache", str(cache))
-        return _trainer(SpanprefDPOTrainer, SpanprefDPOConfig, tiny_model, pairs_repo, tmp_path / out,
-                        precompute_ref_log_probs=True, **kwargs)  # fmt: skip
+        return _trainer(
+            SpanprefDPOTrainer,
+            SpanprefDPOConfig,
+            tiny_model,
+            pairs_repo,
+            tmp_path / out,
+            precompute_ref_log_probs=True,
+            **kwargs,
+        )
 
     first = trainer("a", loss_type=["apo_down"])
     assert calls == ["train"] and len(list(cache.glob("*.npz"))) == 1
@@ -159,8 +187,15 @@ def test_reference_log_probs_are_computed_once_across_runs(tiny_model, pairs_rep
 def test_dpo_positive_cannot_be_mixed_with_other_losses(tiny_model, pairs_repo, tmp_path):
     from spanpref.training.trainer import SpanprefDPOConfig, SpanprefDPOTrainer
 
-    trainer = _trainer(SpanprefDPOTrainer, SpanprefDPOConfig, tiny_model, pairs_repo, tmp_path,
-                       loss_type=["dpo_positive", "sft"], loss_weights=[1.0, 1.0])  # fmt: skip
+    trainer = _trainer(
+        SpanprefDPOTrainer,
+        SpanprefDPOConfig,
+        tiny_model,
+        pairs_repo,
+        tmp_path,
+        loss_type=["dpo_positive", "sft"],
+        loss_weights=[1.0, 1.0],
+    )
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     with pytest.raises(ValueError, match="dpo_positive cannot be combined"):
         trainer.compute_loss(trainer.model, batch)
@@ -246,9 +281,24 @@ def accelerate_launch(script: str, recipe: str, *overrides: str, processes: int 
     # `accelerate launch --cpu --num_processes 2` starts ONE process in accelerate 1.15 (huggingface/accelerate#2741;
     # the card below would say "x 1 processes"). `--multi_gpu` starts N processes through torch's elastic launcher,
     # and the recipes' `use_cpu: true` makes each of them a gloo rank (DistributedType.MULTI_CPU).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "scripts" / script), "--config", str(RECIPES / recipe), *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(ROOT / "scripts" / script),
+        "--config",
+        str(RECIPES / recipe),
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -261,8 +311,14 @@ def test_two_process_training_on_chain_pairs_moves_every_parameter(loss, local_c
     train = datasets.load_dataset(str(local_chains_repo), "pairs_stepwise", split="train")
     assert len(train) >= 2, "the chains stage made too few stepwise pairs to train on"
     out = tmp_path / "out"
-    proc = accelerate_launch("dpo.py", f"tiny/dpo/config_stepwise_{loss}.yaml", "--dataset_name",
-                             str(local_chains_repo), "--output_dir", str(out))  # fmt: skip
+    proc = accelerate_launch(
+        "dpo.py",
+        f"tiny/dpo/config_stepwise_{loss}.yaml",
+        "--dataset_name",
+        str(local_chains_repo),
+        "--output_dir",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     before, after = trainable_weights(tiny_model), trainable_weights(out)
     assert before.keys() == after.keys()
@@ -282,10 +338,26 @@ def test_two_process_training_on_chain_pairs_moves_every_parameter(loss, local_c
 def test_processes_that_do_not_join_one_run_stop_with_advice(tiny_model, pairs_repo, tmp_path):
     # FSDP's config on a machine without GPUs (and without use_cpu): each process would train alone on all the data
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(RECIPES / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-           str(ROOT / "scripts" / "dpo.py"), "--config", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"),
-           "--dataset_name", str(pairs_repo), "--output_dir", str(tmp_path / "out"), "--use_cpu", "false"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(RECIPES / "accelerate_configs" / "fsdp.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        str(ROOT / "scripts" / "dpo.py"),
+        "--config",
+        str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"),
+        "--dataset_name",
+        str(pairs_repo),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--use_cpu",
+        "false",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert "launched as 2 processes, but they did not join one distributed run" in proc.stderr + proc.stdout
@@ -297,8 +369,14 @@ def test_processes_that_do_not_join_one_run_stop_with_advice(tiny_model, pairs_r
 @pytest.mark.server
 def test_two_process_sft_on_full_rewrites(local_chains_repo, tiny_model, tmp_path):
     out = tmp_path / "sft"
-    proc = accelerate_launch("sft.py", "tiny/sft/config_full_rewrite.yaml", "--dataset_name", str(local_chains_repo),
-                             "--output_dir", str(out))  # fmt: skip
+    proc = accelerate_launch(
+        "sft.py",
+        "tiny/sft/config_full_rewrite.yaml",
+        "--dataset_name",
+        str(local_chains_repo),
+        "--output_dir",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     before, after = trainable_weights(tiny_model), trainable_weights(out)
     assert all(not torch.equal(before[n], after[n]) for n in before)
@@ -309,9 +387,25 @@ def test_lora_moves_every_adapter_weight_and_leaves_the_base(tiny_model, pairs_r
     from spanpref.training.run import parse_args, train
 
     out = tmp_path / "lora"
-    args = parse_args("dpo", ["--config", str(RECIPES / "tiny/dpo/config_stepwise_apo_down.yaml"), "--dataset_name",
-                              str(pairs_repo), "--output_dir", str(out), "--use_peft", "--lora_r", "4",
-                              "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj"])  # fmt: skip
+    args = parse_args(
+        "dpo",
+        [
+            "--config",
+            str(RECIPES / "tiny/dpo/config_stepwise_apo_down.yaml"),
+            "--dataset_name",
+            str(pairs_repo),
+            "--output_dir",
+            str(out),
+            "--use_peft",
+            "--lora_r",
+            "4",
+            "--lora_alpha",
+            "8",
+            "--lora_target_modules",
+            "q_proj",
+            "v_proj",
+        ],
+    )
     train("dpo", *args)
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and all("lora_" in n for n in adapter)
@@ -328,9 +422,24 @@ def test_merged_lora_model_is_a_plain_model_with_the_adapter_applied(tiny_model,
     from spanpref.training.run import parse_args, train
 
     out = tmp_path / "merged"
-    args = parse_args("dpo", ["--config", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), "--dataset_name",
-                              str(pairs_repo), "--output_dir", str(out), "--use_peft", "--lora_r", "4",
-                              "--lora_target_modules", "q_proj", "v_proj", "--merge_adapters"])  # fmt: skip
+    args = parse_args(
+        "dpo",
+        [
+            "--config",
+            str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"),
+            "--dataset_name",
+            str(pairs_repo),
+            "--output_dir",
+            str(out),
+            "--use_peft",
+            "--lora_r",
+            "4",
+            "--lora_target_modules",
+            "q_proj",
+            "v_proj",
+            "--merge_adapters",
+        ],
+    )
     train("dpo", *args)
     assert not (out / "adapter_config.json").exists() and (out / "adapter" / "adapter_config.json").is_file()
     merged = AutoModelForCausalLM.from_pretrained(out)
@@ -346,8 +455,18 @@ def test_resume_from_the_last_checkpoint(tiny_model, pairs_repo, tmp_path):
     from spanpref.training.run import parse_args, train
 
     out = tmp_path / "resume"
-    common = ["--config", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), "--dataset_name", str(pairs_repo),
-              "--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "2"]  # fmt: skip
+    common = [
+        "--config",
+        str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"),
+        "--dataset_name",
+        str(pairs_repo),
+        "--output_dir",
+        str(out),
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+    ]
     train("dpo", *parse_args("dpo", [*common, "--max_steps", "2"]))
     assert (out / "checkpoint-2").is_dir()
     results = train("dpo", *parse_args("dpo", [*common, "--max_steps", "4"]))
@@ -365,9 +484,22 @@ def test_model_card_and_push(tiny_model, pairs_repo, tmp_path, monkeypatch, hub_
 
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: hub_api)
     out = tmp_path / "pushed"
-    args = parse_args("dpo", ["--config", str(RECIPES / "tiny/dpo/config_stepwise_dpo_positive.yaml"),
-                              "--dataset_name", str(pairs_repo), "--output_dir", str(out), "--push_to_hub",
-                              "--hub_model_id", "org/tiny-dpop", "--hub_token", "hf_test"])  # fmt: skip
+    args = parse_args(
+        "dpo",
+        [
+            "--config",
+            str(RECIPES / "tiny/dpo/config_stepwise_dpo_positive.yaml"),
+            "--dataset_name",
+            str(pairs_repo),
+            "--output_dir",
+            str(out),
+            "--push_to_hub",
+            "--hub_model_id",
+            "org/tiny-dpop",
+            "--hub_token",
+            "hf_test",
+        ],
+    )
     results = train("dpo", *args)
     (c_name, c_id, c_kw), (u_name, u_id, u_kw) = hub_api.calls
     assert (c_name, c_id, c_kw["repo_type"], c_kw["token"]) == ("create_repo", "org/tiny-dpop", "model", "hf_test")
@@ -414,9 +546,19 @@ def test_sweep_runs_every_rate_records_them_and_picks_by_the_validation_metric(t
     from spanpref.cli import main
 
     out = tmp_path / "sweep"
-    argv = ["sweep", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), "--learning-rates", "1e-3", "1e-7",
-            "--output-dir", str(out), "--set", f"dataset_name={pairs_repo}", "max_steps=2",
-            f"ref_logps_cache={tmp_path / 'ref'}"]  # fmt: skip
+    argv = [
+        "sweep",
+        str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"),
+        "--learning-rates",
+        "1e-3",
+        "1e-7",
+        "--output-dir",
+        str(out),
+        "--set",
+        f"dataset_name={pairs_repo}",
+        "max_steps=2",
+        f"ref_logps_cache={tmp_path / 'ref'}",
+    ]
     assert main(argv) == 0
     # the reference log-probs are computed by the first rate and read by the second
     assert "reference log-probs of the train dataset kept in" in (out / "lr-0.001.log").read_text()
@@ -451,7 +593,17 @@ def test_override_flags_split_values_like_a_shell():
     from spanpref.training.run import override_flags
 
     assert override_flags(["max_steps=20", "reward_weights=0.3 1.0 0.3", "run_name='a b'", "hub_model_id="]) == [
-        "--max_steps", "20", "--reward_weights", "0.3", "1.0", "0.3", "--run_name", "a b", "--hub_model_id", ""]  # fmt: skip
+        "--max_steps",
+        "20",
+        "--reward_weights",
+        "0.3",
+        "1.0",
+        "0.3",
+        "--run_name",
+        "a b",
+        "--hub_model_id",
+        "",
+    ]
     for bad in ("20", "=3"):
         with pytest.raises(ValueError, match="key=value"):
             override_flags([bad])

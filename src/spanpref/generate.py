@@ -61,9 +61,11 @@ class StageReport:
     failures_path: str | None = None
 
     def summary(self) -> str:
-        text = (f"{self.stage}: {self.items} item(s): {self.skipped} already done, {self.completed} completed, "
-                f"{self.failed} failed; {self.rows_written} row(s) added; tokens: {self.prompt_tokens} prompt, "
-                f"{self.completion_tokens} completion")  # fmt: skip
+        text = (
+            f"{self.stage}: {self.items} item(s): {self.skipped} already done, {self.completed} completed, "
+            f"{self.failed} failed; {self.rows_written} row(s) added; tokens: {self.prompt_tokens} prompt, "
+            f"{self.completion_tokens} completion"
+        )
         if self.failures_path:
             text += f"\nfailures recorded in {self.failures_path}"
         return text
@@ -128,8 +130,16 @@ def run_stage(
                     st.last_raw = completion.text
                 report.prompt_tokens += completion.prompt_tokens
                 report.completion_tokens += completion.completion_tokens
-                journal.append({"key": item.key, "attempt": attempt, "rows": rows, "failure": failure, "done": done,
-                                **({"raw": completion.text} if failure else {})})  # fmt: skip
+                journal.append(
+                    {
+                        "key": item.key,
+                        "attempt": attempt,
+                        "rows": rows,
+                        "failure": failure,
+                        "done": done,
+                        **({"raw": completion.text} if failure else {}),
+                    }
+                )
 
             logger.info("%s: attempt %d for %d item(s)", stage, attempt + 1, len(batch))
             try:
@@ -151,12 +161,21 @@ def run_stage(
     return report, state
 
 
-def _merge(repo: DatasetRepo, stage: str, config_name: str, items: list[WorkItem],
-           state: dict[str, ItemState]) -> tuple[int, str | None]:  # fmt: skip
+def _merge(
+    repo: DatasetRepo, stage: str, config_name: str, items: list[WorkItem], state: dict[str, ItemState]
+) -> tuple[int, str | None]:
     new_rows = [row for it in items for row in state[it.key].rows]
-    failures = [{"key": it.key, **it.info, "attempts": state[it.key].attempts, "reasons": state[it.key].failures,
-                 "last_output": state[it.key].last_raw}
-                for it in items if not state[it.key].done and state[it.key].attempts]  # fmt: skip
+    failures = [
+        {
+            "key": it.key,
+            **it.info,
+            "attempts": state[it.key].attempts,
+            "reasons": state[it.key].failures,
+            "last_output": state[it.key].last_raw,
+        }
+        for it in items
+        if not state[it.key].done and state[it.key].attempts
+    ]
     extra = {}
     failures_path = None
     if failures:
@@ -191,8 +210,11 @@ def parse_queries(text: str) -> list[str]:
             if isinstance(data, dict):
                 data = next((v for k, v in data.items() if k.lower() in ("queries", "questions")), None)
             if isinstance(data, list):
-                out = [d if isinstance(d, str) else (d.get("query") or d.get("question") or "")
-                       for d in data if isinstance(d, str | dict)]  # fmt: skip
+                out = [
+                    d if isinstance(d, str) else (d.get("query") or d.get("question") or "")
+                    for d in data
+                    if isinstance(d, str | dict)
+                ]
                 out = [q for q in (str(x).strip() for x in out) if q]
                 if out:
                     return out
@@ -251,8 +273,12 @@ def generate_queries(
     for d in docs:
         if len(generated.get(d["doc_id"], [])) >= cfg.n_queries:
             continue
-        messages = prompt.messages(domain=d["domain"], title=d["title"], n=cfg.n_queries,
-                                   text=truncate_text(d["text"], cfg.max_document_chars))  # fmt: skip
+        messages = prompt.messages(
+            domain=d["domain"],
+            title=d["title"],
+            n=cfg.n_queries,
+            text=truncate_text(d["text"], cfg.max_document_chars),
+        )
         items.append(WorkItem(d["doc_id"], messages, {"doc_id": d["doc_id"]}))
     skipped = len(docs) - len(items)
 
@@ -265,11 +291,19 @@ def generate_queries(
             return [], "no JSON list of questions in the reply", False
         kept, dropped = clean_queries(candidates, seen=seen, min_words=cfg.min_words)
         kept = kept[: cfg.n_queries - have]
-        rows = [{"query_id": f"{item.key}-gq{have + i}", "doc_id": item.key, "query": q, "source": source}
-                for i, q in enumerate(kept)]  # fmt: skip
+        rows = [
+            {"query_id": f"{item.key}-gq{have + i}", "doc_id": item.key, "query": q, "source": source}
+            for i, q in enumerate(kept)
+        ]
         done = have + len(rows) >= cfg.n_queries
-        failure = "" if done else (f"only {have + len(rows)} of {cfg.n_queries} usable questions so far"
-                                   + (f" (dropped: {dropped})" if dropped else ""))  # fmt: skip
+        failure = (
+            ""
+            if done
+            else (
+                f"only {have + len(rows)} of {cfg.n_queries} usable questions so far"
+                + (f" (dropped: {dropped})" if dropped else "")
+            )
+        )
         return rows, failure, done
 
     report, _ = run_stage(repo, "queries", schema.QUERIES, items, backend, gen, accept, max_attempts=cfg.max_attempts)
@@ -330,9 +364,17 @@ def generate_responses(
         text = completion.text.strip()
         if len(text) < cfg.min_chars:
             return [], f"empty response ({len(text)} characters)", False
-        row = {"response_id": item.key, "query_id": item.info["query_id"], "model": backend.model_id, "text": text,
-               "temperature": gen.temperature, "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens,
-               "seed": seed, "prompt_version": prompt.version}  # fmt: skip
+        row = {
+            "response_id": item.key,
+            "query_id": item.info["query_id"],
+            "model": backend.model_id,
+            "text": text,
+            "temperature": gen.temperature,
+            "top_p": gen.top_p,
+            "max_new_tokens": gen.max_new_tokens,
+            "seed": seed,
+            "prompt_version": prompt.version,
+        }
         return [row], "", True
 
     # requests of different samples must get different seeds: run one stage round per sample index
@@ -341,8 +383,16 @@ def generate_responses(
         subset = [it for it in items if it.info["sample"] == j]
         if not subset:
             continue
-        part, _ = run_stage(repo, f"responses_s{j}", schema.RESPONSES, subset, backend, replace(gen, seed=gen.seed + j),
-                            accept, max_attempts=cfg.max_attempts)  # fmt: skip
+        part, _ = run_stage(
+            repo,
+            f"responses_s{j}",
+            schema.RESPONSES,
+            subset,
+            backend,
+            replace(gen, seed=gen.seed + j),
+            accept,
+            max_attempts=cfg.max_attempts,
+        )
         report.skipped += part.skipped
         report.completed += part.completed
         report.failed += part.failed

@@ -84,10 +84,15 @@ def select_chains(chains: Iterable[Mapping[str, Any]], rewriter: str | None = No
     if clashes:
         annotation_id, cs = next(iter(clashes.items()))
         which = ", ".join(f"{c['chain_id']} ({c.get('rewriter')}, {c.get('model')})" for c in cs)
-        hint = ("choose one with `rewriter`" if rewriter is None
-                else f"keep one chain per annotation for rewriter {rewriter!r}")  # fmt: skip
-        raise ValueError(f"{len(clashes)} annotation(s) have several valid chains, e.g. {annotation_id!r}: {which}; "
-                         f"{hint} (rewriters present: {sorted({c.get('rewriter') for c in chosen})})")  # fmt: skip
+        hint = (
+            "choose one with `rewriter`"
+            if rewriter is None
+            else f"keep one chain per annotation for rewriter {rewriter!r}"
+        )
+        raise ValueError(
+            f"{len(clashes)} annotation(s) have several valid chains, e.g. {annotation_id!r}: {which}; "
+            f"{hint} (rewriters present: {sorted({c.get('rewriter') for c in chosen})})"
+        )
     return chosen
 
 
@@ -98,11 +103,26 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def _pair(inputs: PairInputs, pair_id: str, query_id: str, construction: str, chosen: str, rejected: str,
-          chain_id: str = "", step: int = -1) -> Row:  # fmt: skip
-    return {"pair_id": pair_id, "prompt": inputs.prompts(query_id), "chosen": _assistant(chosen),
-            "rejected": _assistant(rejected), "query_id": query_id, "construction": construction,
-            "chain_id": chain_id, "step": step}  # fmt: skip
+def _pair(
+    inputs: PairInputs,
+    pair_id: str,
+    query_id: str,
+    construction: str,
+    chosen: str,
+    rejected: str,
+    chain_id: str = "",
+    step: int = -1,
+) -> Row:
+    return {
+        "pair_id": pair_id,
+        "prompt": inputs.prompts(query_id),
+        "chosen": _assistant(chosen),
+        "rejected": _assistant(rejected),
+        "query_id": query_id,
+        "construction": construction,
+        "chain_id": chain_id,
+        "step": step,
+    }
 
 
 def _chain_texts(inputs: PairInputs, chain: Row) -> tuple[str, list[str]]:
@@ -121,8 +141,10 @@ def build_ab_pairs(inputs: PairInputs) -> list[Row]:
         if a is None or b is None:
             raise ValueError(f"comparison {c['comparison_id']!r} refers to a response that is not in responses")
         if a["query_id"] != b["query_id"]:
-            raise ValueError(f"comparison {c['comparison_id']!r} compares responses to different queries "
-                             f"({a['query_id']!r}, {b['query_id']!r})")  # fmt: skip
+            raise ValueError(
+                f"comparison {c['comparison_id']!r} compares responses to different queries "
+                f"({a['query_id']!r}, {b['query_id']!r})"
+            )
         chosen, rejected = (a, b) if c["choice"] == schema.CHOICE_A else (b, a)
         rows.append(_pair(inputs, c["comparison_id"], a["query_id"], "ab", chosen["text"], rejected["text"]))
     return rows
@@ -133,8 +155,11 @@ def build_first_edit_pairs(inputs: PairInputs) -> list[Row]:
     rows = []
     for chain in inputs.chains:
         query_id, texts = _chain_texts(inputs, chain)
-        rows.append(_pair(inputs, f"{chain['chain_id']}-first", query_id, "first_edit", texts[1], texts[0],
-                          chain["chain_id"], 0))  # fmt: skip
+        rows.append(
+            _pair(
+                inputs, f"{chain['chain_id']}-first", query_id, "first_edit", texts[1], texts[0], chain["chain_id"], 0
+            )
+        )
     return rows
 
 
@@ -143,8 +168,11 @@ def build_full_rewrite_pairs(inputs: PairInputs) -> list[Row]:
     rows = []
     for chain in inputs.chains:
         query_id, texts = _chain_texts(inputs, chain)
-        rows.append(_pair(inputs, f"{chain['chain_id']}-full", query_id, "full_rewrite", texts[-1], texts[0],
-                          chain["chain_id"]))  # fmt: skip
+        rows.append(
+            _pair(
+                inputs, f"{chain['chain_id']}-full", query_id, "full_rewrite", texts[-1], texts[0], chain["chain_id"]
+            )
+        )
     return rows
 
 
@@ -154,8 +182,18 @@ def build_stepwise_pairs(inputs: PairInputs) -> list[Row]:
     for chain in inputs.chains:
         query_id, texts = _chain_texts(inputs, chain)
         for i in range(len(texts) - 1):
-            rows.append(_pair(inputs, f"{chain['chain_id']}-s{i}", query_id, "stepwise", texts[i + 1], texts[i],
-                              chain["chain_id"], i))  # fmt: skip
+            rows.append(
+                _pair(
+                    inputs,
+                    f"{chain['chain_id']}-s{i}",
+                    query_id,
+                    "stepwise",
+                    texts[i + 1],
+                    texts[i],
+                    chain["chain_id"],
+                    i,
+                )
+            )
     return rows
 
 
@@ -167,8 +205,11 @@ def build_stepwise_ds_pairs(inputs: PairInputs) -> list[Row]:
     stepwise, _ = drop_degenerate(build_stepwise_pairs(inputs))
     full, _ = drop_degenerate(build_full_rewrite_pairs(inputs))
     if len(stepwise) < len(full):
-        logger.warning("stepwise_ds: only %d stepwise pair(s) for %d full-rewrite pair(s); keeping them all",
-                       len(stepwise), len(full))  # fmt: skip
+        logger.warning(
+            "stepwise_ds: only %d stepwise pair(s) for %d full-rewrite pair(s); keeping them all",
+            len(stepwise),
+            len(full),
+        )
     # Drawn split by split, to each split's number of full-rewrite pairs: one draw over all pairs can leave the
     # small validation split with none, and then nothing evaluates on it.
     split_of = inputs.split_of or {}
@@ -188,8 +229,16 @@ def build_human_rewrite_pairs(inputs: PairInputs) -> list[Row]:
         rewrite = ann.get("reference_rewrite") or ""
         response = inputs.a0(ann["annotation_id"])
         if rewrite.strip() and rewrite != response["text"]:
-            rows.append(_pair(inputs, f"{ann['annotation_id']}-human", response["query_id"], "human_rewrite", rewrite,
-                              response["text"]))  # fmt: skip
+            rows.append(
+                _pair(
+                    inputs,
+                    f"{ann['annotation_id']}-human",
+                    response["query_id"],
+                    "human_rewrite",
+                    rewrite,
+                    response["text"],
+                )
+            )
     return rows
 
 
@@ -198,8 +247,14 @@ def build_sft_full_rewrite(inputs: PairInputs) -> list[Row]:
     rows = []
     for chain in inputs.chains:
         query_id, texts = _chain_texts(inputs, chain)
-        rows.append({"example_id": f"{chain['chain_id']}-sft", "messages": inputs.prompts(query_id) + _assistant(texts[-1]),
-                     "query_id": query_id, "chain_id": chain["chain_id"]})  # fmt: skip
+        rows.append(
+            {
+                "example_id": f"{chain['chain_id']}-sft",
+                "messages": inputs.prompts(query_id) + _assistant(texts[-1]),
+                "query_id": query_id,
+                "chain_id": chain["chain_id"],
+            }
+        )
     return rows
 
 
@@ -323,19 +378,34 @@ def _default_splits() -> dict[str, float]:
 
 @dataclass(kw_only=True)
 class PairConfig:
-    splits: dict[str, float] = field(default_factory=_default_splits, metadata={
-        "help": "split name -> share of the queries (summing to 1); splits are made by query, never by pair",
-        "cli": False})  # fmt: skip
+    splits: dict[str, float] = field(
+        default_factory=_default_splits,
+        metadata={
+            "help": "split name -> share of the queries (summing to 1); splits are made by query, never by pair",
+            "cli": False,
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the split assignment and of the stepwise downsampling"})
-    prompt: str = field(default="generate_responses", metadata={
-        "help": "prompt name or .txt file: the prompt the responses were generated with (the pairs' `prompt`)"})  # fmt: skip
-    max_document_chars: int = field(default=6000, metadata={
-        "help": "documents are cut to this many characters, as in response generation"})  # fmt: skip
-    rewriter: str | None = field(default=None, metadata={
-        "help": "use the chains of this rewriter only; None: every valid chain (an error if an annotation has "
-        "several)"})  # fmt: skip
-    constructions: list[str] = field(default_factory=lambda: list(PAIR_BUILDERS), metadata={
-        "help": f"pair constructions to build, from {list(PAIR_BUILDERS)}"})  # fmt: skip
+    prompt: str = field(
+        default="generate_responses",
+        metadata={
+            "help": "prompt name or .txt file: the prompt the responses were generated with (the pairs' `prompt`)"
+        },
+    )
+    max_document_chars: int = field(
+        default=6000, metadata={"help": "documents are cut to this many characters, as in response generation"}
+    )
+    rewriter: str | None = field(
+        default=None,
+        metadata={
+            "help": "use the chains of this rewriter only; None: every valid chain (an error if an annotation has "
+            "several)"
+        },
+    )
+    constructions: list[str] = field(
+        default_factory=lambda: list(PAIR_BUILDERS),
+        metadata={"help": f"pair constructions to build, from {list(PAIR_BUILDERS)}"},
+    )
 
 
 @dataclass
@@ -360,27 +430,39 @@ class PairReport:
 
     def counting_problems(self) -> list[str]:
         """Configs where written + dropped differs from the counting rule (empty when the rule holds)."""
-        return [f"{c}: {self.total(c)} written + {self.dropped.get(c, 0)} dropped != {n} expected"
-                for c, n in self.expected.items() if self.total(c) + self.dropped.get(c, 0) != n]  # fmt: skip
+        return [
+            f"{c}: {self.total(c)} written + {self.dropped.get(c, 0)} dropped != {n} expected"
+            for c, n in self.expected.items()
+            if self.total(c) + self.dropped.get(c, 0) != n
+        ]
 
     def summary(self) -> str:
         splits = list(self.queries)
-        lines = [f"pairs for {self.folder} (seed {self.seed}, prompt {self.prompt_version})",
-                 "queries per split: " + ", ".join(f"{s} {n}" for s, n in self.queries.items()),
-                 f"chains: {self.chains_total} in the config, {self.chains_used} used, {self.chains_invalid} "
-                 f"rejected or empty, {self.chains_other_rewriter} from another rewriter"]  # fmt: skip
+        lines = [
+            f"pairs for {self.folder} (seed {self.seed}, prompt {self.prompt_version})",
+            "queries per split: " + ", ".join(f"{s} {n}" for s, n in self.queries.items()),
+            f"chains: {self.chains_total} in the config, {self.chains_used} used, {self.chains_invalid} "
+            f"rejected or empty, {self.chains_other_rewriter} from another rewriter",
+        ]
         width = max([len(c) for c in self.counts] + [6])
         lines.append(f"  {'config':<{width}}  " + "  ".join(f"{s:>10}" for s in splits) + "       total  degenerate")
         for config, per_split in self.counts.items():
-            lines.append(f"  {config:<{width}}  " + "  ".join(f"{per_split.get(s, 0):>10}" for s in splits)
-                         + f"  {self.total(config):>10}  {self.dropped.get(config, 0):>10}")  # fmt: skip
+            lines.append(
+                f"  {config:<{width}}  "
+                + "  ".join(f"{per_split.get(s, 0):>10}" for s in splits)
+                + f"  {self.total(config):>10}  {self.dropped.get(config, 0):>10}"
+            )
         lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
         if self.prompt_mismatches:
-            lines.append(f"warning: {self.prompt_mismatches} response(s) were generated with another version of "
-                         f"the prompt than {self.prompt_version}")  # fmt: skip
+            lines.append(
+                f"warning: {self.prompt_mismatches} response(s) were generated with another version of "
+                f"the prompt than {self.prompt_version}"
+            )
         if self.stale:
-            lines.append(f"warning: {', '.join(self.stale)} left from an earlier build (not rebuilt now); their "
-                         "splits may differ from this build's")  # fmt: skip
+            lines.append(
+                f"warning: {', '.join(self.stale)} left from an earlier build (not rebuilt now); their "
+                "splits may differ from this build's"
+            )
         return "\n".join(lines)
 
 
@@ -391,8 +473,18 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
         get_pair_builder(name)
     repo = open_repo(folder)
     report = PairReport(folder=str(folder), seed=cfg.seed)
-    present = {c for c in (schema.DOCUMENTS, schema.QUERIES, schema.RESPONSES, schema.ANNOTATIONS,
-                           schema.COMPARISONS, schema.CHAINS) if repo.has(c)}  # fmt: skip
+    present = {
+        c
+        for c in (
+            schema.DOCUMENTS,
+            schema.QUERIES,
+            schema.RESPONSES,
+            schema.ANNOTATIONS,
+            schema.COMPARISONS,
+            schema.CHAINS,
+        )
+        if repo.has(c)
+    }
 
     def read(config: str) -> list[Row]:
         return repo.read(config) if config in present else []
@@ -403,11 +495,13 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
     queries = {q["query_id"]: q for q in read(schema.QUERIES)}
     responses = {r["response_id"]: r for r in read(schema.RESPONSES)}
     # a prompt version "<name>@<digest>" on a response is the prompt it was generated with
-    report.prompt_mismatches = sum("@" in r["prompt_version"] and r["prompt_version"] != prompt.version
-                                   for r in responses.values())  # fmt: skip
+    report.prompt_mismatches = sum(
+        "@" in r["prompt_version"] and r["prompt_version"] != prompt.version for r in responses.values()
+    )
     if report.prompt_mismatches:
-        logger.warning("%d response(s) were generated with another prompt than %s", report.prompt_mismatches,
-                       prompt.version)  # fmt: skip
+        logger.warning(
+            "%d response(s) were generated with another prompt than %s", report.prompt_mismatches, prompt.version
+        )
     cache: dict[str, list[dict[str, str]]] = {}
 
     def prompts(query_id: str) -> list[dict[str, str]]:
@@ -426,8 +520,14 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
     report.chains_total, report.chains_used = len(chains), len(selected)
     report.chains_invalid, report.chains_other_rewriter = len(chains) - len(valid), len(valid) - len(selected)
     annotations = {a["annotation_id"]: a for a in read(schema.ANNOTATIONS)} if schema.RESPONSES in present else {}
-    inputs = PairInputs(prompts=prompts, responses=responses, annotations=annotations, chains=selected,
-                        comparisons=read(schema.COMPARISONS), seed=cfg.seed)  # fmt: skip
+    inputs = PairInputs(
+        prompts=prompts,
+        responses=responses,
+        annotations=annotations,
+        chains=selected,
+        comparisons=read(schema.COMPARISONS),
+        seed=cfg.seed,
+    )
     # Split the annotated queries (those with a comparison or an annotation), whatever is built now: the
     # assignment then does not depend on the constructions chosen or on which chains exist yet, so pair configs
     # from separate builds with the same seed agree too. Every pair's query is one of them.
@@ -447,14 +547,17 @@ def build_pairs(folder: str, cfg: PairConfig | None = None) -> PairReport:
         config = CONSTRUCTION_CONFIGS[name]
         report.dropped[config] = len(dropped)
         if dropped:
-            logger.warning("%s: dropped %d degenerate pair(s) (chosen == rejected), e.g. %s", name, len(dropped),
-                           dropped[0])  # fmt: skip
+            logger.warning(
+                "%s: dropped %d degenerate pair(s) (chosen == rejected), e.g. %s", name, len(dropped), dropped[0]
+            )
         if not rows:
             report.skipped[name] = "no pairs (nothing written)"
             continue
         built[name] = rows
     rule = count_expected_pairs(inputs)
-    report.expected = {CONSTRUCTION_CONFIGS[n]: rule[n] for n in cfg.constructions if CONSTRUCTION_CONFIGS[n] in report.dropped}
+    report.expected = {
+        CONSTRUCTION_CONFIGS[n]: rule[n] for n in cfg.constructions if CONSTRUCTION_CONFIGS[n] in report.dropped
+    }
 
     stray = sorted({r["query_id"] for rows in built.values() for r in rows} - set(assignment))
     if stray:  # a builder bug: a pair whose query is neither compared nor annotated

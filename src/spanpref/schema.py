@@ -384,9 +384,11 @@ def _check_value(tp: Any, value: Any, where: str, out: list[str]) -> None:
         if not isinstance(value, str):
             out.append(f"{where}: expected a string, got {type(value).__name__} {value!r:.60}")
         elif m := _LONE_SURROGATE.search(value):
-            out.append(f"{where}: lone surrogate {m.group()!r} at character {m.start()} (not valid Unicode; "
-                       "a UTF-8 file cannot hold it: was the text decoded with errors='surrogateescape', or "
-                       "cut inside a JSON \\u escape pair?)")  # fmt: skip
+            out.append(
+                f"{where}: lone surrogate {m.group()!r} at character {m.start()} (not valid Unicode; "
+                "a UTF-8 file cannot hold it: was the text decoded with errors='surrogateescape', or "
+                "cut inside a JSON \\u escape pair?)"
+            )
     elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             out.append(f"{where}: expected an integer, got {type(value).__name__} {value!r:.60}")
@@ -449,8 +451,11 @@ def check_configs(configs: Mapping[str, Iterable[Any]], taxonomy: Any = None) ->
         if cls is None:
             problems.append(Problem(name, -1, "", f"unknown config; choose from {sorted(CONFIGS)}"))
             continue
-        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         for i, row in enumerate(rows):
             missing = [c for c in required if c not in row]
             if missing:
@@ -499,8 +504,14 @@ def check_configs(configs: Mapping[str, Iterable[Any]], taxonomy: Any = None) ->
         for rr in r.get("response_reasons") or []:
             rr = rr if isinstance(rr, Mapping) else to_row(rr)
             if taxonomy is not None and not taxonomy.has_reason(rr.get("reason")):
-                problems.append(Problem(ANNOTATIONS, i, aid, f"response-level reason {rr.get('reason')!r} is not in "
-                                        f"taxonomy {taxonomy.key}"))  # fmt: skip
+                problems.append(
+                    Problem(
+                        ANNOTATIONS,
+                        i,
+                        aid,
+                        f"response-level reason {rr.get('reason')!r} is not in taxonomy {taxonomy.key}",
+                    )
+                )
     return problems
 
 

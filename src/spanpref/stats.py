@@ -92,8 +92,9 @@ def load_annotation_stats(repo: Any) -> AnnotationStats:
     def read(config: str) -> list[dict]:
         return repo.read(config) if repo.has(config) else []
 
-    return compute_annotation_stats(read(schema.ANNOTATIONS), read(schema.RESPONSES), read(schema.QUERIES),
-                                    read(schema.DOCUMENTS))  # fmt: skip
+    return compute_annotation_stats(
+        read(schema.ANNOTATIONS), read(schema.RESPONSES), read(schema.QUERIES), read(schema.DOCUMENTS)
+    )
 
 
 def _fmt(n: int) -> str:
@@ -112,12 +113,15 @@ def format_table1(stats: AnnotationStats) -> str:
 def format_reason_table(stats: AnnotationStats, taxonomy: Any = None) -> str:
     """Markdown table of how often each reason was ticked, on spans and on whole responses."""
     lines = ["| Polarity | Reason | Label | Spans | Responses |", "|---|---|---|---:|---:|"]
-    keys = {(p, r) for p, r in stats.span_reasons} | {(schema.DISLIKE if r.startswith("dislike") else
-                                                        schema.LIKE, r) for r in stats.response_reasons}  # fmt: skip
+    keys = {(p, r) for p, r in stats.span_reasons} | {
+        (schema.DISLIKE if r.startswith("dislike") else schema.LIKE, r) for r in stats.response_reasons
+    }
     for polarity, reason in sorted(keys, key=lambda k: (k[0] != schema.LIKE, -stats.span_reasons[k], k[1])):
         label = ""
         if taxonomy is not None and taxonomy.has_reason(reason):
             label = taxonomy.label(reason)
-        lines.append(f"| {polarity} | `{reason}` | {label} | {stats.span_reasons[(polarity, reason)]} | "
-                     f"{stats.response_reasons[reason]} |")  # fmt: skip
+        lines.append(
+            f"| {polarity} | `{reason}` | {label} | {stats.span_reasons[(polarity, reason)]} | "
+            f"{stats.response_reasons[reason]} |"
+        )
     return "\n".join(lines)

@@ -100,8 +100,10 @@ def _parse(data: dict, source: str) -> Taxonomy:
     for polarity in POLARITIES:
         for gi, g in enumerate(need(data, polarity, "the file") or []):
             gid = need(g, "group", f"{polarity} group {gi}")
-            rs = tuple(reason(r, polarity, gid, f"{polarity} group {gid!r} reason {ri}")
-                       for ri, r in enumerate(need(g, "reasons", f"{polarity} group {gid!r}")))  # fmt: skip
+            rs = tuple(
+                reason(r, polarity, gid, f"{polarity} group {gid!r} reason {ri}")
+                for ri, r in enumerate(need(g, "reasons", f"{polarity} group {gid!r}"))
+            )
             if not rs:
                 raise TaxonomyError(f"{source}: {polarity} group {gid!r} has no reasons")
             groups.append(Group(id=str(gid), label=str(g.get("label", gid)), polarity=polarity, reasons=rs))
@@ -136,8 +138,9 @@ def _load_bundled(name: str) -> Taxonomy:
     bundled = sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
     target = files / f"{name}.yaml"
     if not target.is_file() or name.endswith("_map"):
-        raise TaxonomyError(f"unknown taxonomy {name!r}: give a YAML file or one of "
-                            f"{[b for b in bundled if not b.endswith('_map')]}")  # fmt: skip
+        raise TaxonomyError(
+            f"unknown taxonomy {name!r}: give a YAML file or one of {[b for b in bundled if not b.endswith('_map')]}"
+        )
     return _parse(yaml.safe_load(target.read_text(encoding="utf-8")), f"spanpref/taxonomies/{name}.yaml")
 
 
@@ -158,17 +161,28 @@ def load_qa_feedback_mapping(path: str | Path | None = None, taxonomy: Taxonomy 
     else:
         text, source = Path(path).read_text(encoding="utf-8"), str(path)
     data = yaml.safe_load(text)
-    mapping = QAFeedbackMapping(taxonomy=data.get("taxonomy", ""), span_errors=data["span_errors"],
-                                missing_info=data["missing_info"])  # fmt: skip
+    mapping = QAFeedbackMapping(
+        taxonomy=data.get("taxonomy", ""), span_errors=data["span_errors"], missing_info=data["missing_info"]
+    )
     taxonomy = taxonomy or load_taxonomy()
     for kind in (mapping.span_errors, mapping.missing_info):
         for error_type, ids in kind.items():
             for rid in ids:
                 if not taxonomy.has_reason(rid, DISLIKE):
-                    raise TaxonomyError(f"{source}: {error_type} maps to {rid!r}, not a dislike reason of "
-                                        f"{taxonomy.key}")  # fmt: skip
+                    raise TaxonomyError(
+                        f"{source}: {error_type} maps to {rid!r}, not a dislike reason of {taxonomy.key}"
+                    )
     return mapping
 
 
-__all__ = ["LIKE", "DISLIKE", "Reason", "Group", "Taxonomy", "TaxonomyError", "load_taxonomy",
-           "load_qa_feedback_mapping", "QAFeedbackMapping"]  # fmt: skip
+__all__ = [
+    "LIKE",
+    "DISLIKE",
+    "Reason",
+    "Group",
+    "Taxonomy",
+    "TaxonomyError",
+    "load_taxonomy",
+    "load_qa_feedback_mapping",
+    "QAFeedbackMapping",
+]

@@ -91,8 +91,14 @@ def human_validation(cfg: ValidationConfig | None = None) -> ValidationConfig:
     The truncation check stays: it needs an edit past the span, which a step given to that span does not have.
     """
     cfg = cfg or ValidationConfig()
-    return dataclasses.replace(cfg, min_length_ratio=0.0, max_length_ratio=float("inf"), max_edit_fraction=1.0,
-                               duplicate_min_chars=0, max_tail_drop=10**9)  # fmt: skip
+    return dataclasses.replace(
+        cfg,
+        min_length_ratio=0.0,
+        max_length_ratio=float("inf"),
+        max_edit_fraction=1.0,
+        duplicate_min_chars=0,
+        max_tail_drop=10**9,
+    )
 
 
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
@@ -116,8 +122,11 @@ def align(a0: str, corrected: str) -> list[Region]:
     """
     old, old_at = _tokens(a0)
     new, new_at = _tokens(corrected)
-    ops = [(old_at[i1], old_at[i2], new_at[j1], new_at[j2])
-           for tag, i1, i2, j1, j2 in SequenceMatcher(None, old, new, autojunk=False).get_opcodes() if tag != "equal"]  # fmt: skip
+    ops = [
+        (old_at[i1], old_at[i2], new_at[j1], new_at[j2])
+        for tag, i1, i2, j1, j2 in SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+        if tag != "equal"
+    ]
     return _merge_gaps(ops, 1)
 
 
@@ -229,8 +238,9 @@ def _split_at_spans(regions: list[Region], spans: list[Span]) -> list[Region]:
     return out
 
 
-def plan_steps(a0: str, corrected: str, dislikes: list[Span], *, attach_chars: int = 12,
-               cfg: ValidationConfig | None = None) -> HumanPlan:  # fmt: skip
+def plan_steps(
+    a0: str, corrected: str, dislikes: list[Span], *, attach_chars: int = 12, cfg: ValidationConfig | None = None
+) -> HumanPlan:
     """Give each changed region of a0 -> corrected to a dislike span (the rules in the module docstring)."""
     cfg = cfg or ValidationConfig()
     ordered = order_dislikes(dislikes)
@@ -306,9 +316,16 @@ class HumanChain:
     warnings: list[str] = field(default_factory=list)
 
 
-def build_human_chain(a0: str, corrected: str | None, dislikes: list[Span], likes: list[Span], *,
-                      attach_chars: int = 12, outside_steps: bool = True,
-                      cfg: ValidationConfig | None = None) -> HumanChain:  # fmt: skip
+def build_human_chain(
+    a0: str,
+    corrected: str | None,
+    dislikes: list[Span],
+    likes: list[Span],
+    *,
+    attach_chars: int = 12,
+    outside_steps: bool = True,
+    cfg: ValidationConfig | None = None,
+) -> HumanChain:
     """The chain a0 -> ... -> corrected, one step per dislike span the correction changes (plus, with
     `outside_steps`, one per group of changes outside every span), validated with `human_validation(cfg)`.
     When dislike spans carry suggested fixes (`Span.fix`), the correction is a0 with those fixes applied, and
@@ -324,12 +341,16 @@ def build_human_chain(a0: str, corrected: str | None, dislikes: list[Span], like
     plan = plan_steps(a0, corrected, dislikes, attach_chars=attach_chars, cfg=cfg)
     if not plan.steps:
         where = f"{len(plan.regions)} changed region(s), all outside them" if plan.regions else "it equals a0"
-        return HumanChain(ok=False, reason=f"untouched: the correction changes no dislike span ({where})",
-                          untouched=plan.untouched)  # fmt: skip
+        return HumanChain(
+            ok=False, reason=f"untouched: the correction changes no dislike span ({where})", untouched=plan.untouched
+        )
     if plan.outside and not outside_steps:
         spots = ", ".join(f"[{g[0][0]}, {g[-1][1]})" for g in plan.outside[:4])
-        return HumanChain(ok=False, reason=f"outside_change: {len(plan.outside)} change(s) outside every dislike "
-                          f"span, at {spots}", untouched=plan.untouched)  # fmt: skip
+        return HumanChain(
+            ok=False,
+            reason=f"outside_change: {len(plan.outside)} change(s) outside every dislike span, at {spots}",
+            untouched=plan.untouched,
+        )
     # An outside step's stand-in span covers its own changes, which the validator exempts from the liked-span
     # rule (a fix must change its span); so the liked spans are checked here against those changes.
     warnings = []
@@ -358,5 +379,6 @@ def build_human_chain(a0: str, corrected: str | None, dislikes: list[Span], like
         return HumanChain(ok=False, reason=check.reason, untouched=plan.untouched, warnings=check.warnings)
     # Outside steps come after the spans' steps, so check_chain warns about the order; that order is the rule.
     warnings += [w for w in check.warnings if "left-to-right" not in w]
-    return HumanChain(ok=True, reason="", texts=texts, spans=spans, edits=check.edits, untouched=plan.untouched,
-                      warnings=warnings)  # fmt: skip
+    return HumanChain(
+        ok=True, reason="", texts=texts, spans=spans, edits=check.edits, untouched=plan.untouched, warnings=warnings
+    )

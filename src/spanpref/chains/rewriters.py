@@ -59,8 +59,12 @@ class ChainContext:
 
 @dataclass(kw_only=True)
 class RewriterConfig:
-    prompt: str = field(default="prompt.txt", metadata={"help": "prompt file, relative to the rewriter folder; "
-                                                                "empty for a rewriter without a model (human)"})  # fmt: skip
+    prompt: str = field(
+        default="prompt.txt",
+        metadata={
+            "help": "prompt file, relative to the rewriter folder; empty for a rewriter without a model (human)"
+        },
+    )
     max_attempts: int = field(default=3, metadata={"help": "tries per chain (paper) or per step (local)"})
     max_document_chars: int = field(default=4000, metadata={"help": "the document is cut to this length"})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
@@ -70,23 +74,45 @@ class RewriterConfig:
     max_new_tokens_per_step_factor: float = field(
         default=1.5, metadata={"help": "paper: token budget per response token per step"}
     )
-    structured: bool = field(default=False, metadata={
-        "help": "ask for JSON through the backend's response_format (paper: {'steps': [exactly k strings]}; local: "
-                "{'passage': ...} or {'delete': true}) and use structured_prompt"})  # fmt: skip
-    structured_prompt: str = field(default="prompt_structured.txt", metadata={
-        "help": "prompt file used when structured is on, relative to the rewriter folder"})  # fmt: skip
-    candidates: int = field(default=1, metadata={
-        "help": "local: replies sampled per step (seeds seed .. seed+n-1, sent concurrently); the validator keeps "
-                "the valid one with the smallest edit"})  # fmt: skip
-    prefill: bool = field(default=False, metadata={
-        "help": "local: start the model's reply with the passage's unchanged text before the span (an assistant "
-                "prefill), so it writes from the span on; not with structured"})  # fmt: skip
-    attach_chars: int = field(default=12, metadata={
-        "help": "human: a change outside every dislike span joins the step of a span (or of a change given to one) "
-                "at most this many characters away; farther ones get steps of their own"})  # fmt: skip
-    outside_steps: bool = field(default=True, metadata={
-        "help": "human: changes far from every dislike span become steps of their own at the end of the chain "
-                "(span_id -1); false rejects such chains (outside_change)"})  # fmt: skip
+    structured: bool = field(
+        default=False,
+        metadata={
+            "help": "ask for JSON through the backend's response_format (paper: {'steps': [exactly k strings]}; local: "
+            "{'passage': ...} or {'delete': true}) and use structured_prompt"
+        },
+    )
+    structured_prompt: str = field(
+        default="prompt_structured.txt",
+        metadata={"help": "prompt file used when structured is on, relative to the rewriter folder"},
+    )
+    candidates: int = field(
+        default=1,
+        metadata={
+            "help": "local: replies sampled per step (seeds seed .. seed+n-1, sent concurrently); the validator keeps "
+            "the valid one with the smallest edit"
+        },
+    )
+    prefill: bool = field(
+        default=False,
+        metadata={
+            "help": "local: start the model's reply with the passage's unchanged text before the span (an assistant "
+            "prefill), so it writes from the span on; not with structured"
+        },
+    )
+    attach_chars: int = field(
+        default=12,
+        metadata={
+            "help": "human: a change outside every dislike span joins the step of a span (or of a change given to one) "
+            "at most this many characters away; farther ones get steps of their own"
+        },
+    )
+    outside_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "human: changes far from every dislike span become steps of their own at the end of the chain "
+            "(span_id -1); false rejects such chains (outside_change)"
+        },
+    )
 
 
 def rewriter_folder(name_or_dir: str | Path) -> Path:
@@ -130,27 +156,58 @@ class _Usage:
         self.completion_tokens += c.completion_tokens
 
 
-def chain_row(ctx: ChainContext, rewriter: str, model: str, steps: list[dict], *, status: str, reason: str,
-              attempts: int, usage: _Usage, untouched: list[int] | None = None) -> dict[str, Any]:  # fmt: skip
-    return {"chain_id": ctx.chain_id, "annotation_id": ctx.annotation_id, "method": "sequential",
-            "rewriter": rewriter, "model": model, "steps": steps, "status": status, "reject_reason": reason,
-            "attempts": attempts, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "untouched_spans": list(untouched or [])}  # fmt: skip
+def chain_row(
+    ctx: ChainContext,
+    rewriter: str,
+    model: str,
+    steps: list[dict],
+    *,
+    status: str,
+    reason: str,
+    attempts: int,
+    usage: _Usage,
+    untouched: list[int] | None = None,
+) -> dict[str, Any]:
+    return {
+        "chain_id": ctx.chain_id,
+        "annotation_id": ctx.annotation_id,
+        "method": "sequential",
+        "rewriter": rewriter,
+        "model": model,
+        "steps": steps,
+        "status": status,
+        "reject_reason": reason,
+        "attempts": attempts,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "untouched_spans": list(untouched or []),
+    }
 
 
-def steps_from_texts(ctx: ChainContext, texts: list[str], edits: list[Any],
-                     spans: list[schema.Span] | None = None) -> list[dict]:  # fmt: skip
+def steps_from_texts(
+    ctx: ChainContext, texts: list[str], edits: list[Any], spans: list[schema.Span] | None = None
+) -> list[dict]:
     spans = ctx.dislikes if spans is None else spans
-    return [{"text": t, "span_id": s.span_id, "edit_start": e.start, "edit_end": e.end, "new_end": e.new_end,
-             "distance": e.distance} for t, s, e in zip(texts, spans, edits, strict=True)]  # fmt: skip
+    return [
+        {
+            "text": t,
+            "span_id": s.span_id,
+            "edit_start": e.start,
+            "edit_end": e.end,
+            "new_end": e.new_end,
+            "distance": e.distance,
+        }
+        for t, s, e in zip(texts, spans, edits, strict=True)
+    ]
 
 
 class Rewriter(ABC):
     name: str
     needs_backend = True
 
-    def __init__(self, config: RewriterConfig, prompt: PromptTemplate | None,
-                 validation: ValidationConfig | None = None):  # fmt: skip
+    def __init__(
+        self, config: RewriterConfig, prompt: PromptTemplate | None, validation: ValidationConfig | None = None
+    ):
         if prompt is None and self.needs_backend:
             raise ValueError(f"the {self.name} rewriter needs a prompt file (config key `prompt`)")
         if config.candidates < 1:
@@ -167,8 +224,12 @@ class Rewriter(ABC):
         """One chains-config row per context, status "ok" or "rejected" with the reason."""
 
     def _gen(self, max_new_tokens: int, seed: int) -> GenerationConfig:
-        return GenerationConfig(temperature=self.config.temperature, top_p=self.config.top_p,
-                                max_new_tokens=max(16, max_new_tokens), seed=seed)  # fmt: skip
+        return GenerationConfig(
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            max_new_tokens=max(16, max_new_tokens),
+            seed=seed,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,10 +276,15 @@ class PaperRewriter(Rewriter):
         for k, s in enumerate([*ctx.dislikes, *ctx.likes], start=1):
             ids[k] = s.span_id
             shown.append(replace(s, span_id=k))
-        reasons = "\n".join(f"- {s.polarity} {k}: {ctx.reason_labels.get(ids[k], '')}" for k, s in
-                            zip(ids, shown, strict=True))  # fmt: skip
-        messages = self.prompt.messages(query=ctx.query, document=truncate_text(ctx.document, self.config.max_document_chars),
-                                        tagged_response=render_markup(ctx.a0, shown), reasons=reasons)  # fmt: skip
+        reasons = "\n".join(
+            f"- {s.polarity} {k}: {ctx.reason_labels.get(ids[k], '')}" for k, s in zip(ids, shown, strict=True)
+        )
+        messages = self.prompt.messages(
+            query=ctx.query,
+            document=truncate_text(ctx.document, self.config.max_document_chars),
+            tagged_response=render_markup(ctx.a0, shown),
+            reasons=reasons,
+        )
         return messages, ids
 
     def response_format(self, ctx: ChainContext) -> dict[str, Any]:
@@ -301,18 +367,32 @@ class PaperRewriter(Rewriter):
                 if not reason:
                     check = check_chain(ctx.a0, texts, ctx.dislikes, ctx.likes, self.validation)
                     if check.ok:
-                        rows[ctx.chain_id] = chain_row(ctx, self.name, backend.model_id,
-                                                       steps_from_texts(ctx, texts, check.edits), status="ok",
-                                                       reason="", attempts=attempt + 1, usage=usage[ctx.chain_id])  # fmt: skip
+                        rows[ctx.chain_id] = chain_row(
+                            ctx,
+                            self.name,
+                            backend.model_id,
+                            steps_from_texts(ctx, texts, check.edits),
+                            status="ok",
+                            reason="",
+                            attempts=attempt + 1,
+                            usage=usage[ctx.chain_id],
+                        )
                         continue
                     reason = check.reason
                 reasons[ctx.chain_id] = reason
                 logger.debug("%s attempt %d: %s", ctx.chain_id, attempt + 1, reason)
         for ctx in contexts:
             if ctx.chain_id not in rows:
-                rows[ctx.chain_id] = chain_row(ctx, self.name, backend.model_id, [], status="rejected",
-                                               reason=reasons[ctx.chain_id], attempts=self.config.max_attempts,
-                                               usage=usage[ctx.chain_id])  # fmt: skip
+                rows[ctx.chain_id] = chain_row(
+                    ctx,
+                    self.name,
+                    backend.model_id,
+                    [],
+                    status="rejected",
+                    reason=reasons[ctx.chain_id],
+                    attempts=self.config.max_attempts,
+                    usage=usage[ctx.chain_id],
+                )
         return [rows[c.chain_id] for c in contexts]
 
 
@@ -410,8 +490,12 @@ def local_response_format(passage_chars: int) -> dict[str, Any]:
         "required": ["passage"],
         "properties": {"passage": {"type": "string", "minLength": 1, "maxLength": 2 * passage_chars + 80}},
     }
-    delete = {"type": "object", "additionalProperties": False, "required": ["delete"],
-              "properties": {"delete": {"const": True}}}  # fmt: skip
+    delete = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["delete"],
+        "properties": {"delete": {"const": True}},
+    }
     return {"type": "json_schema", "json_schema": {"name": "passage", "schema": {"anyOf": [passage, delete]}}}
 
 
@@ -432,13 +516,16 @@ class LocalRewriter(Rewriter):
     def prompt_for(self, ctx: ChainContext, text: str, span: schema.Span) -> tuple[list[dict[str, str]], int, int]:
         w_start, w_end = sentence_window(text, span.start, span.end, self.config.max_window_chars)
         marked = replace(span, span_id=1, polarity=schema.DISLIKE)
-        passage = render_markup(text[w_start:w_end], [replace(marked, start=span.start - w_start,
-                                                                     end=span.end - w_start)])  # fmt: skip
+        passage = render_markup(
+            text[w_start:w_end], [replace(marked, start=span.start - w_start, end=span.end - w_start)]
+        )
         messages = self.prompt.messages(
-            query=ctx.query, document=truncate_text(ctx.document, self.config.max_document_chars),
-            tagged_response=render_markup(text, [marked]), reasons=ctx.reason_labels.get(span.span_id, ""),
+            query=ctx.query,
+            document=truncate_text(ctx.document, self.config.max_document_chars),
+            tagged_response=render_markup(text, [marked]),
+            reasons=ctx.reason_labels.get(span.span_id, ""),
             passage=passage,
-        )  # fmt: skip
+        )
         return messages, w_start, w_end
 
     def prefix_for(self, text: str, w_start: int, span: schema.Span) -> str:
@@ -465,10 +552,11 @@ class LocalRewriter(Rewriter):
                 windows.append((w_start, w_end))
                 prefixes.append(prefix)
             budget = max(_estimate_tokens(s.text[w0:w1]) for s, (w0, w1) in zip(active, windows, strict=True))
-            gen = replace(self._gen(int(budget * self.config.max_new_tokens_factor) + 32, seed + wave * SEED_STRIDE),
-                          n=self.config.candidates)  # fmt: skip
-            formats = ([local_response_format(w1 - w0) for w0, w1 in windows] if self.config.structured
-                       else None)  # fmt: skip
+            gen = replace(
+                self._gen(int(budget * self.config.max_new_tokens_factor) + 32, seed + wave * SEED_STRIDE),
+                n=self.config.candidates,
+            )
+            formats = [local_response_format(w1 - w0) for w0, w1 in windows] if self.config.structured else None
             results = backend.generate(requests, gen, response_format=formats)
             wave += 1
             for s, (w_start, w_end), prefix, completions in zip(active, windows, prefixes, results, strict=True):
@@ -478,8 +566,18 @@ class LocalRewriter(Rewriter):
         rows = []
         for s in states:
             if s.rejected:
-                rows.append(chain_row(s.ctx, self.name, backend.model_id, [], status="rejected", reason=s.reason,
-                                      attempts=s.total_attempts, usage=s.usage))  # fmt: skip
+                rows.append(
+                    chain_row(
+                        s.ctx,
+                        self.name,
+                        backend.model_id,
+                        [],
+                        status="rejected",
+                        reason=s.reason,
+                        attempts=s.total_attempts,
+                        usage=s.usage,
+                    )
+                )
                 continue
             # the steps passed one by one; checking the whole chain again guards the re-anchoring itself (a chain
             # with human steps, whose checks leave out the broken-output ones, with the human rules)
@@ -487,12 +585,23 @@ class LocalRewriter(Rewriter):
             check = check_chain(s.ctx.a0, s.texts, s.ctx.dislikes, s.ctx.likes, validation)
             status, reason = ("ok", "") if check.ok else ("rejected", f"chain: {check.reason}")
             steps = steps_from_texts(s.ctx, s.texts, check.edits) if check.ok else []
-            rows.append(chain_row(s.ctx, self.name, backend.model_id, steps, status=status, reason=reason,
-                                  attempts=s.total_attempts, usage=s.usage))  # fmt: skip
+            rows.append(
+                chain_row(
+                    s.ctx,
+                    self.name,
+                    backend.model_id,
+                    steps,
+                    status=status,
+                    reason=reason,
+                    attempts=s.total_attempts,
+                    usage=s.usage,
+                )
+            )
         return rows
 
-    def _passage(self, s: _LocalState, w_start: int, w_end: int, completion: Completion,
-                 prefix: str) -> tuple[str, bool, bool, str]:  # fmt: skip
+    def _passage(
+        self, s: _LocalState, w_start: int, w_end: int, completion: Completion, prefix: str
+    ) -> tuple[str, bool, bool, str]:
         """(passage, delete, cut, reason) of one reply: what replaces text[w_start:w_end]."""
         single_line = "\n" not in s.text[w_start:w_end]
         if self.config.structured:
@@ -549,8 +658,9 @@ class LocalRewriter(Rewriter):
         if reason:
             return _Candidate(None, reason)
         if not passage and not delete:
-            return _Candidate(None, "empty: the reply had no passage" + (" (only tags or quotes)"
-                                                                        if completion.text.strip() else ""))  # fmt: skip
+            return _Candidate(
+                None, "empty: the reply had no passage" + (" (only tags or quotes)" if completion.text.strip() else "")
+            )
         if (m := _TASK_WORDS.search(passage[len(prefix) :])) and not _TASK_WORDS.search(s.text[w_start:w_end]):
             return _Candidate(None, f"task_talk: the reply talks about the task ({m.group(0)!r}) instead of rewriting")
         new_text = s.text[:w_start] + passage + s.text[w_end:]
@@ -564,8 +674,9 @@ class LocalRewriter(Rewriter):
             return _Candidate(None, check.reason)
         return _Candidate(new_text, "", check.edit, check.edit.distance)
 
-    def _apply(self, s: _LocalState, w_start: int, w_end: int, completions: Completion | list[Completion],
-               prefix: str = "") -> None:  # fmt: skip
+    def _apply(
+        self, s: _LocalState, w_start: int, w_end: int, completions: Completion | list[Completion], prefix: str = ""
+    ) -> None:
         """Judge a step's replies; keep the valid one with the smallest edit (the prompt asks to change as little
         as possible; ties: the lower seed), else record the commonest rejection and maybe give up."""
         completions = [completions] if isinstance(completions, Completion) else completions
@@ -613,18 +724,39 @@ class HumanRewriter(Rewriter):
     ) -> list[dict[str, Any]]:
         rows = []
         for ctx in contexts:
-            chain = build_human_chain(ctx.a0, ctx.correction, ctx.dislikes, ctx.likes,
-                                      attach_chars=self.config.attach_chars, outside_steps=self.config.outside_steps,
-                                      cfg=self.validation)  # fmt: skip
+            chain = build_human_chain(
+                ctx.a0,
+                ctx.correction,
+                ctx.dislikes,
+                ctx.likes,
+                attach_chars=self.config.attach_chars,
+                outside_steps=self.config.outside_steps,
+                cfg=self.validation,
+            )
             steps = steps_from_texts(ctx, chain.texts, chain.edits, chain.spans) if chain.ok else []
             model = f"human:{ctx.annotator}" if ctx.annotator else "human"
-            rows.append(chain_row(ctx, self.name, model, steps, status="ok" if chain.ok else "rejected",
-                                  reason=chain.reason, attempts=1, usage=_Usage(), untouched=chain.untouched))  # fmt: skip
+            rows.append(
+                chain_row(
+                    ctx,
+                    self.name,
+                    model,
+                    steps,
+                    status="ok" if chain.ok else "rejected",
+                    reason=chain.reason,
+                    attempts=1,
+                    usage=_Usage(),
+                    untouched=chain.untouched,
+                )
+            )
         return rows
 
 
-REWRITERS: dict[str, type[Rewriter]] = {"paper": PaperRewriter, "local": LocalRewriter, "human": HumanRewriter,
-                                         "mixed": MixedRewriter}  # fmt: skip
+REWRITERS: dict[str, type[Rewriter]] = {
+    "paper": PaperRewriter,
+    "local": LocalRewriter,
+    "human": HumanRewriter,
+    "mixed": MixedRewriter,
+}
 
 
 def needs_backend(name_or_dir: str) -> bool:
@@ -645,6 +777,20 @@ def build_rewriter(name_or_dir: str, validation: ValidationConfig | None = None,
     return REWRITERS[kind](cfg, prompt, validation)
 
 
-__all__ = ["ChainContext", "RewriterConfig", "Rewriter", "PaperRewriter", "LocalRewriter", "HumanRewriter", "MixedRewriter",
-           "REWRITERS",
-           "build_rewriter", "needs_backend", "load_rewriter_config", "sentence_window", "clean_passage", "split_steps", "load_prompt"]  # fmt: skip
+__all__ = [
+    "ChainContext",
+    "RewriterConfig",
+    "Rewriter",
+    "PaperRewriter",
+    "LocalRewriter",
+    "HumanRewriter",
+    "MixedRewriter",
+    "REWRITERS",
+    "build_rewriter",
+    "needs_backend",
+    "load_rewriter_config",
+    "sentence_window",
+    "clean_passage",
+    "split_steps",
+    "load_prompt",
+]

@@ -644,8 +644,11 @@ def summarize_chains(
             "reject_reasons": dict(reasons.most_common()),
         }
         if references is not None:
-            pairs = [(references[r["annotation_id"]], _last_text(r)) for r in valid
-                     if r.get("annotation_id") in references and r.get("steps")]  # fmt: skip
+            pairs = [
+                (references[r["annotation_id"]], _last_text(r))
+                for r in valid
+                if r.get("annotation_id") in references and r.get("steps")
+            ]
             out[rewriter]["similarity"] = {
                 "chains": len(pairs),
                 "rouge_l": _mean(sum(compute_rouge_l(final, human) for (_, human), final in pairs), len(pairs)),

@@ -69,8 +69,7 @@ class FunctionCommand:
         return self.func(*configs)
 
 
-def command(path: str, help: str, *configs: Any, defaults: Mapping[str, Any] | None = None,
-            passthrough: bool = False):
+def command(path: str, help: str, *configs: Any, defaults: Mapping[str, Any] | None = None, passthrough: bool = False):
     """Decorator: `@command("eval elo", "...", EloOptions)` turns `def run(options)` into a `Command`."""
 
     def wrap(func: Callable[..., int | None]) -> FunctionCommand:
@@ -159,8 +158,10 @@ def build_configs(cmd: Command, ns: argparse.Namespace) -> list[Any]:
     """One object per config of the command from the parsed namespace; a positional nobody gave is an error."""
     missing = [k for k, v in vars(ns).items() if v == _MISSING]
     if missing:
-        raise UsageError(f"{' and '.join(m.upper() for m in missing)} is required (give it on the command line or "
-                         "in the --config file)")
+        raise UsageError(
+            f"{' and '.join(m.upper() for m in missing)} is required (give it on the command line or "
+            "in the --config file)"
+        )
     out = []
     for config in cmd.configs:
         if isinstance(config, Overrides):

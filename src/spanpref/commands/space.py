@@ -6,8 +6,11 @@ from spanpref.commands.base import command
 from spanpref.ui.deploy import SpaceDeployConfig
 
 
-@command("space deploy", "build a self-contained Space (app, README, a spanpref wheel; no torch) and create it on "
-         "the Hub", SpaceDeployConfig)
+@command(
+    "space deploy",
+    "build a self-contained Space (app, README, a spanpref wheel; no torch) and create it on the Hub",
+    SpaceDeployConfig,
+)
 def deploy(args: SpaceDeployConfig) -> None:
     from spanpref.ui.deploy import deploy_space
 

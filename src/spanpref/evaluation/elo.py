@@ -104,11 +104,15 @@ def load_battles(judgments: Battles | Iterable[Mapping[str, Any]] | Any, *, judg
             skipped += 1
             continue
         if winner not in _SCORE:
-            raise ValueError(f"judgment row {i} ({r.get('judgment_id', r['query_id'])}): winner {winner!r} is not one "
-                             f"of {list(WINNERS)} or None")  # fmt: skip
+            raise ValueError(
+                f"judgment row {i} ({r.get('judgment_id', r['query_id'])}): winner {winner!r} is not one "
+                f"of {list(WINNERS)} or None"
+            )
         if r["model_a"] == r["model_b"]:
-            raise ValueError(f"judgment row {i} ({r.get('judgment_id', r['query_id'])}): model_a and model_b are both "
-                             f"{r['model_a']!r}")  # fmt: skip
+            raise ValueError(
+                f"judgment row {i} ({r.get('judgment_id', r['query_id'])}): model_a and model_b are both "
+                f"{r['model_a']!r}"
+            )
         kept.append(r)
     if skipped:
         logger.info("skipped %d judgment(s) without a verdict", skipped)
@@ -177,16 +181,20 @@ def _explain_degenerate(wins: np.ndarray, models: Sequence[str]) -> str:
     if not connected.all():
         group = [models[k] for k in np.flatnonzero(connected[0])]
         rest = [m for m in models if m not in group]
-        return (f"the models fall into groups that were never compared with each other, e.g. {group} and {rest}; "
-                "ratings across groups are undefined: judge pairs that connect them")  # fmt: skip
+        return (
+            f"the models fall into groups that were never compared with each other, e.g. {group} and {rest}; "
+            "ratings across groups are undefined: judge pairs that connect them"
+        )
     reach = _reachability(wins > 0)  # reach[i, j]: i scored against j, possibly through others
     for k in range(len(models)):
         ancestors = np.flatnonzero(reach[:, k])  # everyone who scored against k, directly or not
         if len(ancestors) < len(models):
             group = [models[a] for a in ancestors]
             rest = [m for m in models if m not in group]
-            return (f"{group} never lost to or tied with {rest} (directly or through others), so their rating "
-                    "difference is unbounded")  # fmt: skip
+            return (
+                f"{group} never lost to or tied with {rest} (directly or through others), so their rating "
+                "difference is unbounded"
+            )
     return "the win matrix has no finite maximum-likelihood fit"
 
 
@@ -238,8 +246,9 @@ def fit_bradley_terry(wins: np.ndarray, *, prior: float = 0.0, tol: float = 1e-1
     return theta.reshape(shape)
 
 
-def _to_ratings(theta: np.ndarray, models: Sequence[str], anchor: str | None, scale: float, base: float,
-                init: float) -> np.ndarray:  # fmt: skip
+def _to_ratings(
+    theta: np.ndarray, models: Sequence[str], anchor: str | None, scale: float, base: float, init: float
+) -> np.ndarray:
     ratings = theta * (scale / math.log(base))
     if anchor is None:
         return init + ratings - ratings.mean(axis=-1, keepdims=True)
@@ -269,8 +278,10 @@ def compute_elo(
         raise ValueError("no judgments with a verdict to rate")
     wins = compute_win_matrix(battles)
     if not prior and find_degenerate(wins):
-        raise DegenerateDataError(f"{_explain_degenerate(wins, battles.models)}; or pass prior > 0 (virtual ties "
-                                  "between every pair) to keep ratings finite")  # fmt: skip
+        raise DegenerateDataError(
+            f"{_explain_degenerate(wins, battles.models)}; or pass prior > 0 (virtual ties "
+            "between every pair) to keep ratings finite"
+        )
     ratings = _to_ratings(fit_bradley_terry(wins, prior=prior), battles.models, anchor, scale, base, init)
     order = np.argsort(-ratings, kind="stable")
     return {battles.models[k]: float(ratings[k]) for k in order}
@@ -297,10 +308,19 @@ class BootstrapResult:
     def table(self) -> list[dict[str, Any]]:
         """One dict per model, best first: model, rating, diff (from best), ci_low, ci_high, rating_low/high."""
         best = self.ratings[self.models.index(self.best)]
-        rows = [{"model": m, "rating": float(self.ratings[k]), "diff": float(self.ratings[k] - best),
-                 "ci_low": float(self.ci_low[k]), "ci_high": float(self.ci_high[k]),
-                 "rating_low": float(self.rating_low[k]), "rating_high": float(self.rating_high[k]),
-                 "n_judgments": self.n_judgments[m]} for k, m in enumerate(self.models)]  # fmt: skip
+        rows = [
+            {
+                "model": m,
+                "rating": float(self.ratings[k]),
+                "diff": float(self.ratings[k] - best),
+                "ci_low": float(self.ci_low[k]),
+                "ci_high": float(self.ci_high[k]),
+                "rating_low": float(self.rating_low[k]),
+                "rating_high": float(self.rating_high[k]),
+                "n_judgments": self.n_judgments[m],
+            }
+            for k, m in enumerate(self.models)
+        ]
         return sorted(rows, key=lambda r: -r["rating"])
 
 
@@ -351,9 +371,18 @@ def compute_bootstrap_ci(
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(diffs, [tail, 100.0 - tail], axis=0)
     rating_low, rating_high = np.percentile(samples, [tail, 100.0 - tail], axis=0)
-    return BootstrapResult(models=models, ratings=ratings, samples=samples, best=best, ci_low=low, ci_high=high,
-                           rating_low=rating_low, rating_high=rating_high, level=level,
-                           n_judgments=battles.counts_per_model())  # fmt: skip
+    return BootstrapResult(
+        models=models,
+        ratings=ratings,
+        samples=samples,
+        best=best,
+        ci_low=low,
+        ci_high=high,
+        rating_low=rating_low,
+        rating_high=rating_high,
+        level=level,
+        n_judgments=battles.counts_per_model(),
+    )
 
 
 def compute_ratings(
@@ -377,9 +406,19 @@ def compute_ratings(
     judge_id = judge if judge is not None else "+".join(battles.judges)
     if rounds:
         result = compute_bootstrap_ci(battles, rounds=rounds, seed=seed, anchor=anchor, prior=prior)
-        return [Rating(model=r["model"], judge=judge_id, rating=r["rating"], ci_low=r["ci_low"], ci_high=r["ci_high"],
-                       n_judgments=r["n_judgments"], diff=r["diff"], rounds=rounds)
-                for r in result.table()]  # fmt: skip
+        return [
+            Rating(
+                model=r["model"],
+                judge=judge_id,
+                rating=r["rating"],
+                ci_low=r["ci_low"],
+                ci_high=r["ci_high"],
+                n_judgments=r["n_judgments"],
+                diff=r["diff"],
+                rounds=rounds,
+            )
+            for r in result.table()
+        ]
     point = compute_elo(battles, anchor=anchor, prior=prior)
     best = next(iter(point.values()))
     n = battles.counts_per_model()
@@ -414,7 +453,9 @@ def rate_judgments(
     for j in judges:
         mine = [r for r in rows if r["judge"] == j]
         if not mine:
-            raise DegenerateDataError(f"no judgments by judge {j!r}; judges present: {sorted({r['judge'] for r in rows})}")
+            raise DegenerateDataError(
+                f"no judgments by judge {j!r}; judges present: {sorted({r['judge'] for r in rows})}"
+            )
         try:
             ratings = compute_ratings(mine, judge=j, rounds=rounds, seed=seed, anchor=anchor, prior=prior)
         except DegenerateDataError as e:

@@ -26,12 +26,18 @@ QUERY_SETS = ("test", "all")
 
 @dataclass(kw_only=True)
 class EvalGenerationConfig:
-    queries: str = field(default="test", metadata={
-        "help": "which prompts: test (the test split of the pairs configs) or all (every query)"})  # fmt: skip
-    pairs_config: str | None = field(default=None, metadata={
-        "help": "take the test split from this pairs config only (default: every pairs config present)"})  # fmt: skip
-    prompt: str = field(default="generate_responses", metadata={
-        "help": "prompt name or .txt file: the prompt the training pairs were built with"})  # fmt: skip
+    queries: str = field(
+        default="test",
+        metadata={"help": "which prompts: test (the test split of the pairs configs) or all (every query)"},
+    )
+    pairs_config: str | None = field(
+        default=None,
+        metadata={"help": "take the test split from this pairs config only (default: every pairs config present)"},
+    )
+    prompt: str = field(
+        default="generate_responses",
+        metadata={"help": "prompt name or .txt file: the prompt the training pairs were built with"},
+    )
     max_document_chars: int = field(default=6000, metadata={"help": "documents are cut to this many characters"})
     max_attempts: int = field(default=3, metadata={"help": "model calls per output before it counts as failed"})
     min_chars: int = field(default=1, metadata={"help": "outputs shorter than this (stripped) are retried"})
@@ -76,8 +82,10 @@ def select_queries(folder: str, queries: str = "test", pairs_config: str | None 
         if "test" in repo.splits(config):
             ids.update(r["query_id"] for r in repo.read(config, "test"))
     if not ids:
-        raise RepoError(f"{folder}: no test split in {configs or 'any pairs config'}; build pairs with a test share "
-                        "(`spanpref pairs FOLDER --test 0.1`) or evaluate on every query with --queries all")  # fmt: skip
+        raise RepoError(
+            f"{folder}: no test split in {configs or 'any pairs config'}; build pairs with a test share "
+            "(`spanpref pairs FOLDER --test 0.1`) or evaluate on every query with --queries all"
+        )
     return sorted(ids)
 
 
@@ -123,18 +131,35 @@ def generate_eval_outputs(
             continue
         backend = build_backend_for(model)
 
-        def accept(item: WorkItem, completion: Completion, st: ItemState, seed: int, name: str = name
-                   ) -> tuple[list[dict[str, Any]], str, bool]:  # fmt: skip
+        def accept(
+            item: WorkItem, completion: Completion, st: ItemState, seed: int, name: str = name
+        ) -> tuple[list[dict[str, Any]], str, bool]:
             text = completion.text.strip()
             if len(text) < cfg.min_chars:
                 return [], f"empty output ({len(text)} characters)", False
-            row = schema.to_row(schema.EvalOutput(output_id=item.key, model=name, query_id=item.info["query_id"],
-                                                  text=text, temperature=gen.temperature, top_p=gen.top_p,
-                                                  seed=seed))  # fmt: skip
+            row = schema.to_row(
+                schema.EvalOutput(
+                    output_id=item.key,
+                    model=name,
+                    query_id=item.info["query_id"],
+                    text=text,
+                    temperature=gen.temperature,
+                    top_p=gen.top_p,
+                    seed=seed,
+                )
+            )
             return [row], "", True
 
-        report, _ = run_stage(repo, f"eval_outputs_{slug}", schema.EVAL_OUTPUTS, items, backend, gen, accept,
-                              max_attempts=cfg.max_attempts)  # fmt: skip
+        report, _ = run_stage(
+            repo,
+            f"eval_outputs_{slug}",
+            schema.EVAL_OUTPUTS,
+            items,
+            backend,
+            gen,
+            accept,
+            max_attempts=cfg.max_attempts,
+        )
         report.stage = f"eval {name}"
         report.items += skipped
         report.skipped += skipped

@@ -61,17 +61,31 @@ class JudgeConfig:
     max_new_tokens: int = field(default=256, metadata={"help": "llm/alpaca_eval: longest judge reply, in tokens"})
     max_document_chars: int = field(default=3000, metadata={"help": "the document is cut to this length"})
     max_output_chars: int = field(default=3000, metadata={"help": "each judged output is cut to this length"})
-    annotators_config: str = field(default="alpaca_eval_gpt4", metadata={
-        "help": "alpaca_eval: AlpacaEval's annotator configuration used with OpenAI's API (no --base-url)"})  # fmt: skip
-    max_attempts: int = field(default=2, metadata={
-        "help": "llm: tries per pair; a reply whose last line is not a verdict is asked again (the retry prompt)"})  # fmt: skip
-    structured_output: bool = field(default=False, metadata={
-        "help": "llm: ask for a JSON reply {reasoning, code, verdict} through the backend's response_format (an "
-                "HTTP server enforces the schema while decoding; the in-process backend does not) and accept only "
-                "a reply that is exactly such an object, with this comparison's code"})  # fmt: skip
-    retry_prompt: str = field(default="retry.txt", metadata={
-        "help": "llm: the follow-up sent after a reply without a verdict line, relative to the judge folder "
-                "(if the file is missing, the request is simply sent again)"})  # fmt: skip
+    annotators_config: str = field(
+        default="alpaca_eval_gpt4",
+        metadata={"help": "alpaca_eval: AlpacaEval's annotator configuration used with OpenAI's API (no --base-url)"},
+    )
+    max_attempts: int = field(
+        default=2,
+        metadata={
+            "help": "llm: tries per pair; a reply whose last line is not a verdict is asked again (the retry prompt)"
+        },
+    )
+    structured_output: bool = field(
+        default=False,
+        metadata={
+            "help": "llm: ask for a JSON reply {reasoning, code, verdict} through the backend's response_format (an "
+            "HTTP server enforces the schema while decoding; the in-process backend does not) and accept only "
+            "a reply that is exactly such an object, with this comparison's code"
+        },
+    )
+    retry_prompt: str = field(
+        default="retry.txt",
+        metadata={
+            "help": "llm: the follow-up sent after a reply without a verdict line, relative to the judge folder "
+            "(if the file is missing, the request is simply sent again)"
+        },
+    )
 
 
 def find_judge_folder(name_or_dir: str | Path) -> Path:
@@ -173,8 +187,9 @@ class ReferenceJudge(Judge):
                 on_verdict(i, Verdict(None, "", f"no reference answer for query {task.query_id!r}"))
                 continue
             first, second = (self.score(t, task.reference) for t in task.shown)
-            raw = json.dumps({f"{self.config.metric}_first": round(first, 6), f"{self.config.metric}_second":
-                              round(second, 6)})  # fmt: skip
+            raw = json.dumps(
+                {f"{self.config.metric}_first": round(first, 6), f"{self.config.metric}_second": round(second, 6)}
+            )
             if abs(first - second) <= self.config.tie_tolerance:
                 on_verdict(i, Verdict(TIE, raw))
             else:
@@ -187,8 +202,10 @@ class ReferenceJudge(Judge):
 _CHOICE = r"(?:answer\s*)?(1|2|one|two|tie|none|neither|both|equal)"
 _BARE = re.compile(r"^\W*(?:answer\s*)?(1|2|tie)\W*$", re.I)
 _WORDS = {"1": FIRST, "one": FIRST, "2": SECOND, "two": SECOND}
-NO_VERDICT = ("the reply's last line is not a verdict line ('Verdict: 1', 'Verdict: 2' or 'Verdict: tie', with the "
-              "comparison's code in brackets where the prompt gives one)")  # fmt: skip
+NO_VERDICT = (
+    "the reply's last line is not a verdict line ('Verdict: 1', 'Verdict: 2' or 'Verdict: tie', with the "
+    "comparison's code in brackets where the prompt gives one)"
+)
 
 
 def verdict_tag(judgment_id: str, seed: int) -> str:
@@ -229,9 +246,16 @@ _JSON_WORDS = {"1": FIRST, "2": SECOND, "tie": TIE}
 
 def verdict_schema() -> dict[str, Any]:
     """The response format of a structured llm judge: short reasoning, the comparison's code, then the verdict."""
-    schema_ = {"type": "object", "additionalProperties": False, "required": ["reasoning", "code", "verdict"],
-               "properties": {"reasoning": {"type": "string", "maxLength": 600}, "code": {"type": "string"},
-                              "verdict": {"type": "string", "enum": ["1", "2", "tie"]}}}  # fmt: skip
+    schema_ = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["reasoning", "code", "verdict"],
+        "properties": {
+            "reasoning": {"type": "string", "maxLength": 600},
+            "code": {"type": "string"},
+            "verdict": {"type": "string", "enum": ["1", "2", "tie"]},
+        },
+    }
     return {"type": "json_schema", "json_schema": {"name": "pairwise_verdict", "schema": schema_, "strict": True}}
 
 
@@ -257,8 +281,16 @@ RETRY_SEPARATOR = "\n\n[asked again]\n"
 
 
 class LLMJudge(Judge):
-    def __init__(self, config: JudgeConfig, prompt: PromptTemplate, backend: Any, *, seed: int = 0,
-                 name: str = "llm", retry: PromptTemplate | None = None):  # fmt: skip
+    def __init__(
+        self,
+        config: JudgeConfig,
+        prompt: PromptTemplate,
+        backend: Any,
+        *,
+        seed: int = 0,
+        name: str = "llm",
+        retry: PromptTemplate | None = None,
+    ):
         self.config, self.prompt, self.backend, self.seed, self.name = config, prompt, backend, seed, name
         self.retry = retry
 
@@ -270,9 +302,13 @@ class LLMJudge(Judge):
         first, second = task.shown
         cut = self.config.max_output_chars
         values = {"tag": self.tag(task)} if "tag" in self.prompt.slots else {}
-        return self.prompt.messages(document=truncate_text(task.document, self.config.max_document_chars),
-                                    query=task.query, output_1=truncate_text(first, cut),
-                                    output_2=truncate_text(second, cut), **values)  # fmt: skip
+        return self.prompt.messages(
+            document=truncate_text(task.document, self.config.max_document_chars),
+            query=task.query,
+            output_1=truncate_text(first, cut),
+            output_2=truncate_text(second, cut),
+            **values,
+        )
 
     def parse(self, text: str, tag: str | None) -> tuple[str | None, str]:
         return (parse_json_verdict if self.config.structured_output else parse_llm_verdict)(text, tag)
@@ -293,11 +329,20 @@ class LLMJudge(Judge):
         for attempt in range(attempts):
             again: list[int] = []
             # a new seed per attempt: at temperature 0 it changes nothing, above it a resend is a new sample
-            gen = GenerationConfig(temperature=self.config.temperature, top_p=1.0,
-                                   max_new_tokens=self.config.max_new_tokens, seed=self.seed + attempt)  # fmt: skip
+            gen = GenerationConfig(
+                temperature=self.config.temperature,
+                top_p=1.0,
+                max_new_tokens=self.config.max_new_tokens,
+                seed=self.seed + attempt,
+            )
 
-            def on_result(k: int, completions: list[Any], batch: list[int] = pending, again: list[int] = again,
-                          last: bool = attempt == attempts - 1) -> None:  # fmt: skip
+            def on_result(
+                k: int,
+                completions: list[Any],
+                batch: list[int] = pending,
+                again: list[int] = again,
+                last: bool = attempt == attempts - 1,
+            ) -> None:
                 i = batch[k]
                 text = completions[0].text
                 replies[i].append(text)
@@ -324,8 +369,17 @@ class AlpacaEvalJudge(Judge):
     """AlpacaEval's `PairwiseAnnotator` on our tasks. AlpacaEval drops the rows it cannot parse from its result;
     each task is matched back by its inputs, and a task without a preference is recorded as unparsable."""
 
-    def __init__(self, config: JudgeConfig, folder: Path, *, base_url: str | None = None, model: str | None = None,
-                 api_key: str | None = None, name: str = "alpaca_eval", seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        config: JudgeConfig,
+        folder: Path,
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        name: str = "alpaca_eval",
+        seed: int = 0,
+    ):
         self.config, self.name, self.seed = config, name, seed
         self._replies: list[str] = []
         self._tmp = tempfile.TemporaryDirectory(prefix="spanpref-alpaca-eval-")
@@ -334,26 +388,41 @@ class AlpacaEvalJudge(Judge):
         tmp = Path(self._tmp.name)
         if base_url:
             client = tmp / "client_configs.yaml"
-            client.write_text(yaml.safe_dump({"default": [{"api_key": api_key or os.environ.get("OPENAI_API_KEY")
-                                                           or "none", "base_url": base_url}]}))  # fmt: skip
+            client.write_text(
+                yaml.safe_dump(
+                    {
+                        "default": [
+                            {"api_key": api_key or os.environ.get("OPENAI_API_KEY") or "none", "base_url": base_url}
+                        ]
+                    }
+                )
+            )
             self._template = (folder / config.prompt).read_text(encoding="utf-8")
             self._local = {
                 "fn_completions": "openai_completions",
-                "completions_kwargs": {"model_name": model or "default", "max_tokens": config.max_new_tokens,
-                                       "temperature": config.temperature, "client_config_path": str(client),
-                                       "requires_chatml": True, "num_procs": 1, "price_per_token": 0},
+                "completions_kwargs": {
+                    "model_name": model or "default",
+                    "max_tokens": config.max_new_tokens,
+                    "temperature": config.temperature,
+                    "client_config_path": str(client),
+                    "requires_chatml": True,
+                    "num_procs": 1,
+                    "price_per_token": 0,
+                },
                 "fn_completion_parser": "regex_parser",
                 "batch_size": 1,
                 # the order is already randomised (seeded, per judgment) by us; a second shuffle would make the
                 # raw reply's "Output (a)" mean a different output than the one we showed first
                 "is_randomize_output_order": False,
-            }  # fmt: skip
+            }
             self.annotators_config = self._local_config("")
         else:
             if not (api_key or os.environ.get("OPENAI_API_KEY")):
-                raise JudgeError("the alpaca_eval judge needs either OPENAI_API_KEY set (to use AlpacaEval's "
-                                 f"{config.annotators_config} configuration with OpenAI's API) or --base-url of an "
-                                 "OpenAI-compatible server (llama.cpp, vLLM, TGI) for our own annotator configuration")  # fmt: skip
+                raise JudgeError(
+                    "the alpaca_eval judge needs either OPENAI_API_KEY set (to use AlpacaEval's "
+                    f"{config.annotators_config} configuration with OpenAI's API) or --base-url of an "
+                    "OpenAI-compatible server (llama.cpp, vLLM, TGI) for our own annotator configuration"
+                )
             self.annotators_config = config.annotators_config
 
     def _local_config(self, tag: str) -> str:
@@ -368,10 +437,15 @@ class AlpacaEvalJudge(Judge):
         prompt.write_text(self._template.replace("{{tag}}", tag), encoding="utf-8")
         code = rf"\s*\[{re.escape(tag)}\]" if tag else r"(?:\s*\[\w+\])?"
         # the reply's last line, or a reply that is nothing but "Output (a)"
-        line = (rf"(?im)^[^\S\n]*\W*verdict{code}\W{{0,6}}output\s*\(?%s\)?[^\w\n]*\s*\Z"
-                r"|\A\W*output\s*\(?%s\)?\W*\Z")  # fmt: skip
-        annotator = {**self._local, "prompt_template": str(prompt),
-                     "completion_parser_kwargs": {"outputs_to_match": {1: line % ("a", "a"), 2: line % ("b", "b")}}}  # fmt: skip
+        line = (
+            rf"(?im)^[^\S\n]*\W*verdict{code}\W{{0,6}}output\s*\(?%s\)?[^\w\n]*\s*\Z"
+            r"|\A\W*output\s*\(?%s\)?\W*\Z"
+        )
+        annotator = {
+            **self._local,
+            "prompt_template": str(prompt),
+            "completion_parser_kwargs": {"outputs_to_match": {1: line % ("a", "a"), 2: line % ("b", "b")}},
+        }
         (tmp / "configs.yaml").write_text(yaml.safe_dump({tmp.name: annotator}))
         return str(tmp / "configs.yaml")
 
@@ -380,10 +454,12 @@ class AlpacaEvalJudge(Judge):
             from alpaca_eval.annotators import PairwiseAnnotator
         except ImportError as e:  # pragma: no cover - depends on the environment
             raise JudgeError(f"the alpaca_eval judge needs the eval extra (pip install 'spanpref[eval]'): {e}") from e
-        config = self._local_config(tag) if self._local is not None and "{{tag}}" in self._template else (
-            self.annotators_config)  # fmt: skip
-        annotator = PairwiseAnnotator(annotators_config=config, caching_path=None,
-                                      is_avoid_reannotations=False)  # fmt: skip
+        config = (
+            self._local_config(tag)
+            if self._local is not None and "{{tag}}" in self._template
+            else (self.annotators_config)
+        )
+        annotator = PairwiseAnnotator(annotators_config=config, caching_path=None, is_avoid_reannotations=False)
         # AlpacaEval drops a row whose reply it cannot parse, raw reply included; record every reply on the way
         # out of its completion function so that an unparsable verdict keeps its raw output.
         for single in getattr(annotator, "annotators", {}).values():
@@ -408,8 +484,13 @@ class AlpacaEvalJudge(Judge):
         rows = []
         for t in tasks:
             first, second = t.shown
-            rows.append({"instruction": self.instruction(t), "output_1": truncate_text(first, cut),
-                         "output_2": truncate_text(second, cut)})  # fmt: skip
+            rows.append(
+                {
+                    "instruction": self.instruction(t),
+                    "output_1": truncate_text(first, cut),
+                    "output_2": truncate_text(second, cut),
+                }
+            )
         # one call per task, so that a parse failure cannot hide which raw output it came from
         tagged = self._local is not None and "{{tag}}" in self._template
         for i, row in enumerate(rows):
@@ -423,8 +504,12 @@ class AlpacaEvalJudge(Judge):
                 raw = IDENTICAL
             preference = result.get("preference")
             if preference is None or (isinstance(preference, float) and np.isnan(preference)):
-                on_verdict(i, Verdict(None, raw, "AlpacaEval returned no preference (its parser could not read the "
-                                                 "judge's reply)"))  # fmt: skip
+                on_verdict(
+                    i,
+                    Verdict(
+                        None, raw, "AlpacaEval returned no preference (its parser could not read the judge's reply)"
+                    ),
+                )
             elif preference in (0, 1.5):  # AlpacaEval: 0 identical outputs, 1.5 a draw
                 on_verdict(i, Verdict(TIE, raw))
             else:
@@ -434,8 +519,15 @@ class AlpacaEvalJudge(Judge):
 JUDGES: dict[str, type[Judge]] = {"reference": ReferenceJudge, "llm": LLMJudge, "alpaca_eval": AlpacaEvalJudge}
 
 
-def build_judge(name_or_dir: str | Path, *, backend: Any = None, base_url: str | None = None, model: str | None = None,
-                seed: int = 0, name: str | None = None) -> Judge:  # fmt: skip
+def build_judge(
+    name_or_dir: str | Path,
+    *,
+    backend: Any = None,
+    base_url: str | None = None,
+    model: str | None = None,
+    seed: int = 0,
+    name: str | None = None,
+) -> Judge:
     """A judge from its folder. `backend` serves `llm`; `base_url`/`model` point `alpaca_eval` at a server."""
     config, folder = load_judge_config(name_or_dir)
     name = name or folder.name
@@ -446,8 +538,11 @@ def build_judge(name_or_dir: str | Path, *, backend: Any = None, base_url: str |
             raise ValueError("the llm judge needs a generation backend")
         prompt = parse_prompt((folder / config.prompt).read_text(encoding="utf-8"), f"judges/{folder.name}")
         retry_file = folder / config.retry_prompt
-        retry = (parse_prompt(retry_file.read_text(encoding="utf-8"), f"judges/{folder.name}/{config.retry_prompt}")
-                 if retry_file.is_file() else None)  # fmt: skip
+        retry = (
+            parse_prompt(retry_file.read_text(encoding="utf-8"), f"judges/{folder.name}/{config.retry_prompt}")
+            if retry_file.is_file()
+            else None
+        )
         return LLMJudge(config, prompt, backend, seed=seed, name=name, retry=retry)
     return AlpacaEvalJudge(config, folder, base_url=base_url, model=model, name=name, seed=seed)
 
@@ -462,8 +557,9 @@ def is_swapped(judgment_id: str, seed: int) -> bool:
     return bool(np.random.default_rng([seed, key]).integers(2))
 
 
-def build_tasks(folder: str | Path, judge_name: str, *, seed: int = 0, models: list[str] | None = None,
-                limit: int | None = None) -> list[PairTask]:  # fmt: skip
+def build_tasks(
+    folder: str | Path, judge_name: str, *, seed: int = 0, models: list[str] | None = None, limit: int | None = None
+) -> list[PairTask]:
     """Every model pair on every prompt of the eval_outputs config (prompts with fewer than two models are skipped)."""
     repo = open_repo(folder)
     if not repo.has(schema.EVAL_OUTPUTS):
@@ -489,9 +585,21 @@ def build_tasks(folder: str | Path, judge_name: str, *, seed: int = 0, models: l
         document = documents.get(q.get("doc_id"), {}).get("text", "")
         for a, b in itertools.combinations(sorted(by_query[query_id]), 2):
             jid = f"{judge_name}:{query_id}:{a}:{b}"
-            tasks.append(PairTask(jid, query_id, q.get("query", ""), document, references.get(query_id), a, b,
-                                  by_query[query_id][a], by_query[query_id][b], is_swapped(jid, seed),
-                                  verdict_tag(jid, seed)))  # fmt: skip
+            tasks.append(
+                PairTask(
+                    jid,
+                    query_id,
+                    q.get("query", ""),
+                    document,
+                    references.get(query_id),
+                    a,
+                    b,
+                    by_query[query_id][a],
+                    by_query[query_id][b],
+                    is_swapped(jid, seed),
+                    verdict_tag(jid, seed),
+                )
+            )
     return tasks
 
 
@@ -507,12 +615,21 @@ class JudgeReport:
 
     def summary(self) -> str:
         wins = ", ".join(f"{k} {v}" for k, v in sorted(self.winners.items()))
-        return (f"judge {self.judge}: {self.tasks} pair(s): {self.skipped} already judged, {self.judged} judged now "
-                f"({self.unparsable} unparsable); verdicts: {wins or 'none'}")  # fmt: skip
+        return (
+            f"judge {self.judge}: {self.tasks} pair(s): {self.skipped} already judged, {self.judged} judged now "
+            f"({self.unparsable} unparsable); verdicts: {wins or 'none'}"
+        )
 
 
-def judge_outputs(folder: str | Path, judge: Judge, *, seed: int = 0, models: list[str] | None = None,
-                  limit: int | None = None, retry_unparsable: bool = False) -> JudgeReport:  # fmt: skip
+def judge_outputs(
+    folder: str | Path,
+    judge: Judge,
+    *,
+    seed: int = 0,
+    models: list[str] | None = None,
+    limit: int | None = None,
+    retry_unparsable: bool = False,
+) -> JudgeReport:
     """Judge every model pair on every prompt of `folder`'s eval_outputs into its judgments config (resumable)."""
     from spanpref.journal import Journal
 
@@ -530,11 +647,19 @@ def judge_outputs(folder: str | Path, judge: Judge, *, seed: int = 0, models: li
 
     def on_verdict(index: int, verdict: Verdict) -> None:
         task = todo[index]
-        row = schema.to_row(schema.Judgment(
-            judgment_id=task.judgment_id, judge=judge.name, query_id=task.query_id, model_a=task.model_a,
-            model_b=task.model_b, winner=task.winner(verdict.verdict), raw_output=verdict.raw_output,
-            parse_error=verdict.parse_error if verdict.verdict is None else "",
-            shown_first=task.model_b if task.swapped else task.model_a))  # fmt: skip
+        row = schema.to_row(
+            schema.Judgment(
+                judgment_id=task.judgment_id,
+                judge=judge.name,
+                query_id=task.query_id,
+                model_a=task.model_a,
+                model_b=task.model_b,
+                winner=task.winner(verdict.verdict),
+                raw_output=verdict.raw_output,
+                parse_error=verdict.parse_error if verdict.verdict is None else "",
+                shown_first=task.model_b if task.swapped else task.model_a,
+            )
+        )
         journal.append(row)
         new_rows.append(row)
         report.judged += 1

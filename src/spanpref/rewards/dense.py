@@ -25,9 +25,13 @@ class SegmentScorer(Protocol):
     name: str
     level: str
 
-    def error_probs(self, queries: Sequence[str], responses: Sequence[str],
-                    segments: Sequence[Sequence[Segment]] | None = None,
-                    documents: Sequence[str] | None = None) -> list[list[float]]: ...  # fmt: skip
+    def error_probs(
+        self,
+        queries: Sequence[str],
+        responses: Sequence[str],
+        segments: Sequence[Sequence[Segment]] | None = None,
+        documents: Sequence[str] | None = None,
+    ) -> list[list[float]]: ...
 
 
 @dataclass
@@ -81,8 +85,12 @@ class SegmentReward:
     reward: float
 
 
-def compute_segment_rewards(components: Sequence[RewardComponent], queries: Sequence[str], responses: Sequence[str],
-                            documents: Sequence[str] | None = None) -> list[list[SegmentReward]]:  # fmt: skip
+def compute_segment_rewards(
+    components: Sequence[RewardComponent],
+    queries: Sequence[str],
+    responses: Sequence[str],
+    documents: Sequence[str] | None = None,
+) -> list[list[SegmentReward]]:
     """For each response, every component's reward for every segment of the component's level."""
     out: list[list[SegmentReward]] = [[] for _ in responses]
     for comp in components:
@@ -91,8 +99,9 @@ def compute_segment_rewards(components: Sequence[RewardComponent], queries: Sequ
         for i, (segs, p) in enumerate(zip(segments, probs, strict=True)):
             if len(segs) != len(p):
                 raise ValueError(f"scorer {comp.scorer.name!r} gave {len(p)} scores for {len(segs)} segments")
-            out[i].extend(SegmentReward(comp.scorer.name, s.start, s.end, r)
-                          for s, r in zip(segs, comp.rewards(p), strict=True))  # fmt: skip
+            out[i].extend(
+                SegmentReward(comp.scorer.name, s.start, s.end, r) for s, r in zip(segs, comp.rewards(p), strict=True)
+            )
     return out
 
 
@@ -124,9 +133,13 @@ def place_rewards(segment_rewards: Sequence[SegmentReward], token_ends: Sequence
     return out
 
 
-def compute_dense_rewards(components: Sequence[RewardComponent], tokenizer, queries: Sequence[str],
-                          response_token_ids: Sequence[Sequence[int]], documents: Sequence[str] | None = None
-                          ) -> tuple[list[np.ndarray], list[list[SegmentReward]], list[str]]:  # fmt: skip
+def compute_dense_rewards(
+    components: Sequence[RewardComponent],
+    tokenizer,
+    queries: Sequence[str],
+    response_token_ids: Sequence[Sequence[int]],
+    documents: Sequence[str] | None = None,
+) -> tuple[list[np.ndarray], list[list[SegmentReward]], list[str]]:
     """Per-token rewards for generated responses (token ids without padding or the stop token).
 
     Returns (one reward array per response, aligned with its tokens; the segment rewards; the decoded texts)."""
@@ -137,8 +150,15 @@ def compute_dense_rewards(components: Sequence[RewardComponent], tokenizer, quer
     return dense, seg_rewards, texts
 
 
-def score_responses(folder: str, reward_models: Sequence[str], *, weights: Sequence[float] | None = None,
-                    mode: str = "sign", limit: int | None = None, batch_size: int = 8) -> list[dict]:
+def score_responses(
+    folder: str,
+    reward_models: Sequence[str],
+    *,
+    weights: Sequence[float] | None = None,
+    mode: str = "sign",
+    limit: int | None = None,
+    batch_size: int = 8,
+) -> list[dict]:
     """Every response of a dataset repo scored segment by segment with trained span reward models: one record per
     response with its total and its segments' rewards (`spanpref rewards score`)."""
     from spanpref import schema
@@ -163,6 +183,7 @@ def score_responses(folder: str, reward_models: Sequence[str], *, weights: Seque
         rewards = compute_segment_rewards(components, [queries.get(r["query_id"], "") for r in batch], texts)
         for r, text, seg_rewards in zip(batch, texts, rewards, strict=True):
             segments = [{"model": s.component, "text": text[s.start : s.end], "reward": s.reward} for s in seg_rewards]
-            records.append({"response_id": r["response_id"], "total": sum(s.reward for s in seg_rewards),
-                            "segments": segments})
+            records.append(
+                {"response_id": r["response_id"], "total": sum(s.reward for s in seg_rewards), "segments": segments}
+            )
     return records

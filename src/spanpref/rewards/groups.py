@@ -35,8 +35,13 @@ class RewardGroup:
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "level": self.level, "reasons": list(self.reasons), "weight": self.weight,
-                "description": self.description}  # fmt: skip
+        return {
+            "name": self.name,
+            "level": self.level,
+            "reasons": list(self.reasons),
+            "weight": self.weight,
+            "description": self.description,
+        }
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,15 @@ def parse_groups(data: Any, source: str, taxonomy: Taxonomy | None = None) -> Gr
         weight = g.get("weight", 1.0)
         if not isinstance(weight, int | float) or isinstance(weight, bool):
             raise GroupConfigError(f"{where}: weight must be a number, got {weight!r}")
-        groups.append(RewardGroup(name=str(name), level=level, reasons=tuple(reasons), weight=float(weight),
-                                  description=str(g.get("description", ""))))  # fmt: skip
+        groups.append(
+            RewardGroup(
+                name=str(name),
+                level=level,
+                reasons=tuple(reasons),
+                weight=float(weight),
+                description=str(g.get("description", "")),
+            )
+        )
     return GroupConfig(taxonomy=taxonomy.key, groups=tuple(groups), source=source)
 
 
@@ -129,14 +141,19 @@ def label_segments(text: str, annotation: Any, group: RewardGroup, segments: lis
     """
     segments = split_segments(text, group.level) if segments is None else segments
     wanted = set(group.reasons)
-    bad = [(_get(s, "start"), _get(s, "end")) for s in _get(annotation, "spans")
-           if _get(s, "polarity") == DISLIKE and wanted & set(_get(s, "reasons") or [])]  # fmt: skip
+    bad = [
+        (_get(s, "start"), _get(s, "end"))
+        for s in _get(annotation, "spans")
+        if _get(s, "polarity") == DISLIKE and wanted & set(_get(s, "reasons") or [])
+    ]
     whole = group.level == RESPONSE and any(
         _get(r, "reason") in wanted for r in _get(annotation, "response_reasons") or []
     )
     labels = []
     for seg in segments:
-        hit = whole or any(not text[max(s, seg.start) : min(e, seg.end)].isspace()
-                           and max(s, seg.start) < min(e, seg.end) for s, e in bad)  # fmt: skip
+        hit = whole or any(
+            not text[max(s, seg.start) : min(e, seg.end)].isspace() and max(s, seg.start) < min(e, seg.end)
+            for s, e in bad
+        )
         labels.append(int(hit))
     return labels

@@ -73,8 +73,10 @@ def group_pairs(
     for row in rows:
         stats.pairs_in += 1
         prompt = tuple(row["prompt_ids"])
-        group = groups.setdefault(prompt, {"prompt_ids": list(prompt), "response_ids": [], "_index": {},
-                                           "chosen_index": [], "rejected_index": []})  # fmt: skip
+        group = groups.setdefault(
+            prompt,
+            {"prompt_ids": list(prompt), "response_ids": [], "_index": {}, "chosen_index": [], "rejected_index": []},
+        )
         sides = []
         for ids in (row["chosen_ids"], row["rejected_ids"]):
             key = tuple(ids)
@@ -93,8 +95,10 @@ def group_pairs(
         if kept is None:
             continue
         out.append(kept)
-        layout = [build_row(kept["prompt_ids"], [kept["response_ids"][i] for i in part], share_prefixes)
-                  for part in split_responses(kept["prompt_ids"], kept["response_ids"], max_length, share_prefixes)]  # fmt: skip
+        layout = [
+            build_row(kept["prompt_ids"], [kept["response_ids"][i] for i in part], share_prefixes)
+            for part in split_responses(kept["prompt_ids"], kept["response_ids"], max_length, share_prefixes)
+        ]
         stats.groups += 1
         stats.pairs += len(kept["chosen_index"])
         stats.responses += len(kept["response_ids"])
@@ -110,16 +114,22 @@ def _drop_unfittable(group: dict[str, Any], max_length: int | None, stats: Group
     if all(fits):
         return group
     stats.dropped_responses += fits.count(False)
-    keep_pairs = [k for k, (c, r) in enumerate(zip(group["chosen_index"], group["rejected_index"], strict=True))
-                  if fits[c] and fits[r]]  # fmt: skip
+    keep_pairs = [
+        k
+        for k, (c, r) in enumerate(zip(group["chosen_index"], group["rejected_index"], strict=True))
+        if fits[c] and fits[r]
+    ]
     stats.dropped_pairs += len(group["chosen_index"]) - len(keep_pairs)
     used = sorted({i for k in keep_pairs for i in (group["chosen_index"][k], group["rejected_index"][k])})
     if not used:
         return None
     new_index = {old: new for new, old in enumerate(used)}
-    return {"prompt_ids": group["prompt_ids"], "response_ids": [group["response_ids"][i] for i in used],
-            "chosen_index": [new_index[group["chosen_index"][k]] for k in keep_pairs],
-            "rejected_index": [new_index[group["rejected_index"][k]] for k in keep_pairs]}  # fmt: skip
+    return {
+        "prompt_ids": group["prompt_ids"],
+        "response_ids": [group["response_ids"][i] for i in used],
+        "chosen_index": [new_index[group["chosen_index"][k]] for k in keep_pairs],
+        "rejected_index": [new_index[group["rejected_index"][k]] for k in keep_pairs],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -316,8 +326,10 @@ def build_tree_mask(end: torch.Tensor, attn_implementation: str, dtype: torch.dt
         return allowed
     if attn_implementation == "eager":
         return torch.zeros(allowed.shape, dtype=dtype, device=end.device).masked_fill(~allowed, torch.finfo(dtype).min)
-    raise ValueError(f"grouped training cannot pass a tree-shaped mask to attn_implementation "
-                     f"{attn_implementation!r}; use sdpa, eager or flex_attention, or training_mode: pairwise")  # fmt: skip
+    raise ValueError(
+        f"grouped training cannot pass a tree-shaped mask to attn_implementation "
+        f"{attn_implementation!r}; use sdpa, eager or flex_attention, or training_mode: pairwise"
+    )
 
 
 def response_logps(model, batch: dict[str, torch.Tensor], attn_implementation: str) -> torch.Tensor:
@@ -326,8 +338,14 @@ def response_logps(model, batch: dict[str, torch.Tensor], attn_implementation: s
     `model` must carry TRL's fused log-prob head (`trl.trainer.utils.add_fused_lm_head`)."""
     # eager adds the mask to the scores in float32 whatever the model's dtype (the sum is promoted)
     mask = build_tree_mask(batch["group_end"], attn_implementation, dtype=torch.float32)
-    out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
-                shift_labels=batch["shift_labels"], fused_lm_head=True, use_cache=False)  # fmt: skip
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=mask,
+        position_ids=batch["position_ids"],
+        shift_labels=batch["shift_labels"],
+        fused_lm_head=True,
+        use_cache=False,
+    )
     per_slot = out.log_probs.reshape(-1)
     n = int(batch["n_responses"])
     # summed in float64: a float32 sum of a few hundred token log-probs is off by ~1e-5, which DPO-Positive's lambda

@@ -47,8 +47,10 @@ class SweepResult:
         lines = [f"| learning rate | status | {self.metric} | {self.tie_break} | run |", "|---|---|---|---|---|"]
         for r in self.runs:
             mark = " **(chosen)**" if self.best is r else ""
-            lines.append(f"| {r.learning_rate:g}{mark} | {r.status} | {_fmt(r.metrics.get(self.metric))} | "
-                         f"{_fmt(r.metrics.get(self.tie_break))} | {r.output_dir} |")  # fmt: skip
+            lines.append(
+                f"| {r.learning_rate:g}{mark} | {r.status} | {_fmt(r.metrics.get(self.metric))} | "
+                f"{_fmt(r.metrics.get(self.tie_break))} | {r.output_dir} |"
+            )
         return "\n".join(lines)
 
 
@@ -73,9 +75,17 @@ def _after_metrics(run_dir: Path) -> dict[str, float] | None:
     return {k: v for k, v in (results.get("after") or {}).items() if isinstance(v, int | float)}
 
 
-def run_sweep(recipe: str, *, stage: str = "dpo", learning_rates: list[float] | None = None,
-              output_dir: str | None = None, launcher: str = "python", metric: str = "eval_rewards/accuracies",
-              tie_break: str = "eval_rewards/margins", overrides: list[str] | None = None) -> SweepResult:  # fmt: skip
+def run_sweep(
+    recipe: str,
+    *,
+    stage: str = "dpo",
+    learning_rates: list[float] | None = None,
+    output_dir: str | None = None,
+    launcher: str = "python",
+    metric: str = "eval_rewards/accuracies",
+    tie_break: str = "eval_rewards/margins",
+    overrides: list[str] | None = None,
+) -> SweepResult:
     if stage not in STAGES:
         raise ValueError(f"unknown training stage {stage!r}; choose from {list(STAGES)}")
     if not Path(recipe).is_file():
@@ -99,8 +109,19 @@ def run_sweep(recipe: str, *, stage: str = "dpo", learning_rates: list[float] | 
             logger.info("lr %g: finished earlier, reusing %s", lr, run_dir)
             runs.append(SweepRun(lr, str(run_dir), "reused", metrics))
             continue
-        cmd = [*launch, "-m", "spanpref.training.run", stage, "--config", recipe, *extra,
-               "--learning_rate", str(lr), "--output_dir", str(run_dir)]  # fmt: skip
+        cmd = [
+            *launch,
+            "-m",
+            "spanpref.training.run",
+            stage,
+            "--config",
+            recipe,
+            *extra,
+            "--learning_rate",
+            str(lr),
+            "--output_dir",
+            str(run_dir),
+        ]
         logger.info("lr %g: %s", lr, shlex.join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         (root / f"lr-{lr:g}.log").write_text(proc.stdout + proc.stderr, encoding="utf-8")
@@ -113,13 +134,23 @@ def run_sweep(recipe: str, *, stage: str = "dpo", learning_rates: list[float] | 
         runs.append(SweepRun(lr, str(run_dir), "ok", metrics))
     best = select_best(runs, metric, tie_break)
     result = SweepResult(recipe, metric, tie_break, runs, best)
-    record: dict[str, Any] = {"recipe": recipe, "stage": stage, "metric": metric, "tie_break": tie_break,
-                              "launcher": launcher, "overrides": overrides or [], "runs": [asdict(r) for r in runs],
-                              "best": asdict(best) if best else None}  # fmt: skip
+    record: dict[str, Any] = {
+        "recipe": recipe,
+        "stage": stage,
+        "metric": metric,
+        "tie_break": tie_break,
+        "launcher": launcher,
+        "overrides": overrides or [],
+        "runs": [asdict(r) for r in runs],
+        "best": asdict(best) if best else None,
+    }
     (root / "sweep.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     choice = f"Chosen: learning rate {best.learning_rate:g} ({best.output_dir})." if best else "No run finished."
-    (root / "sweep.md").write_text(f"# Sweep of {recipe}\n\nSelected by `{metric}` on the validation split, ties "
-                                   f"by `{tie_break}`.\n\n{result.table()}\n\n{choice}\n", encoding="utf-8")  # fmt: skip
+    (root / "sweep.md").write_text(
+        f"# Sweep of {recipe}\n\nSelected by `{metric}` on the validation split, ties "
+        f"by `{tie_break}`.\n\n{result.table()}\n\n{choice}\n",
+        encoding="utf-8",
+    )
     if best is None:
         raise RuntimeError(f"no run of the sweep finished with `{metric}`; logs in {root}")
     return result
