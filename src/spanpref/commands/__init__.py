@@ -12,7 +12,7 @@ _CONFIG_HELP = "YAML file whose keys set this command's options (flags given on 
 
 
 def get_commands() -> list[Command]:
-    from spanpref.commands import chains, data, demo, eval, generate, pairs, rewards, space, train, ui
+    from spanpref.commands import chains, data, demo, eval, feedback, generate, pairs, rewards, space, train, ui
 
     return [
         *data.COMMANDS,
@@ -21,6 +21,7 @@ def get_commands() -> list[Command]:
         *pairs.COMMANDS,
         *train.COMMANDS,
         *eval.COMMANDS,
+        *feedback.COMMANDS,
         *rewards.COMMANDS,
         *ui.COMMANDS,
         *space.COMMANDS,

@@ -22,6 +22,11 @@ class ChainsOptions:
     limit: int | None = option("only the first N annotations with dislike spans", default=None)
     chunk_size: int = option("chains per journal write (a killed run loses at most one chunk)", default=16)
     seed: int = option("base seed of the rewriter's sampling", default=0)
+    annotator: str | None = option(
+        "only the annotations of this annotator: a name, `ai:NAME` for a model annotator's, or `human` for every "
+        "person's (default: all)",
+        default=None,
+    )
 
 
 REWRITER_OPTIONS = Overrides(
@@ -51,6 +56,7 @@ def chains(args: ChainsOptions, backend: BackendConfig, validation: ValidationCo
         limit=args.limit,
         chunk_size=args.chunk_size,
         seed=args.seed,
+        annotator=args.annotator,
         **rewriter,
     )
     print(report.summary())
