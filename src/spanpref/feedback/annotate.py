@@ -90,6 +90,7 @@ class AIAnnotatorConfig:
     temperature: float | None = field(default=None, metadata={"help": "llm: sampling temperature"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "llm: longest reply, in tokens"})
     max_attempts: int | None = field(default=None, metadata={"help": "llm: tries per response"})
+    max_document_chars: int | None = field(default=None, metadata={"help": "llm: the document is cut to this length"})
     reward_models: list[str] | None = field(
         default=None, metadata={"help": "reward-models: model folders written by `spanpref rewards train`"}
     )
@@ -106,7 +107,7 @@ class AIAnnotatorConfig:
             raise UsageError(f"limit must be >= 0, got {self.limit}")
 
     def overrides(self) -> dict[str, Any]:
-        keys = ("temperature", "max_new_tokens", "max_attempts", "reward_models", "threshold")
+        keys = ("temperature", "max_new_tokens", "max_attempts", "max_document_chars", "reward_models", "threshold")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

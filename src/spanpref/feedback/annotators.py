@@ -57,8 +57,8 @@ class AnnotatorSettings:
         default=2, metadata={"help": "llm: tries per response; a reply that is not the JSON asked for is asked again"}
     )
     max_document_chars: int = field(default=3000, metadata={"help": "llm: the document is cut to this length"})
-    max_spans: int = field(default=8, metadata={"help": "llm: most spans the reply may hold"})
-    max_quote_chars: int = field(default=300, metadata={"help": "llm: longest quote the reply may hold"})
+    max_spans: int = field(default=5, metadata={"help": "llm: most spans the reply may hold"})
+    max_quote_chars: int = field(default=200, metadata={"help": "llm: longest quote the reply may hold"})
     structured: bool = field(
         default=True,
         metadata={
@@ -71,6 +71,13 @@ class AnnotatorSettings:
         metadata={
             "help": "llm: the schema lists the taxonomy's reason ids, so a server cannot decode another one; "
             "false lets the model name any reason (those outside the taxonomy are recorded)"
+        },
+    )
+    notes: bool = field(
+        default=False,
+        metadata={
+            "help": "llm: the schema has a short free-text note per span (small models tend to ramble in it until "
+            "the reply hits the token limit)"
         },
     )
     response_reasons: bool = field(
@@ -233,7 +240,7 @@ def annotation_schema(taxonomy: Taxonomy, settings: AnnotatorSettings) -> dict[s
                 "quote": {"type": "string", "minLength": 1, "maxLength": settings.max_quote_chars},
                 "polarity": pol,
                 "reasons": {"type": "array", "items": reasons, "minItems": 1, "maxItems": 3},
-                "note": {"type": "string", "maxLength": 200},
+                **({"note": {"type": "string", "maxLength": 120}} if settings.notes else {}),
             },
             "required": ["quote", "polarity", "reasons"],
             "additionalProperties": False,
