@@ -136,9 +136,14 @@ def test_openai_chat_completions_report_usage(llama_server):
 
 
 def _steps_format(k: int) -> dict:
-    schema = {"type": "object", "additionalProperties": False, "required": ["steps"],
-              "properties": {"steps": {"type": "array", "minItems": k, "maxItems": k,
-                                       "items": {"type": "string", "maxLength": 12}}}}  # fmt: skip
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["steps"],
+        "properties": {
+            "steps": {"type": "array", "minItems": k, "maxItems": k, "items": {"type": "string", "maxLength": 12}}
+        },
+    }
     return {"type": "json_schema", "json_schema": {"name": "steps", "schema": schema}}
 
 
@@ -185,8 +190,9 @@ def test_transformers_prefill_continues_the_assistant_message(transformers_backe
     ]
     prompt = transformers_backend.render_prompt(chat)
     assert prompt.endswith("Zebras dislike")  # no end of turn after it: the model carries on the same message
-    ((completion,),) = transformers_backend.generate([chat], GenerationConfig(temperature=0.0, max_new_tokens=8),
-                                                     response_format=_steps_format(2))  # fmt: skip
+    ((completion,),) = transformers_backend.generate(
+        [chat], GenerationConfig(temperature=0.0, max_new_tokens=8), response_format=_steps_format(2)
+    )
     assert completion.text.strip() and not completion.text.startswith("Zebras")
 
 

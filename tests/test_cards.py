@@ -43,8 +43,10 @@ def test_dataset_cards_carry_hub_task_and_size_categories(tmp_path):
     assert DatasetCard.load(tmp_path / "r" / "README.md").data.task_categories == ["text-classification"]
 
 
-@pytest.mark.parametrize(("rows", "label"), [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (54_321, "10K<n<100K"),
-                                             (2_000_000, "1M<n<10M")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("rows", "label"),
+    [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (54_321, "10K<n<100K"), (2_000_000, "1M<n<10M")],
+)
 def test_size_categories_are_the_hubs(rows, label):
     assert size_category(rows) == label and label in _hub_size_categories()
 
@@ -71,8 +73,18 @@ def base_folder(tmp_path) -> Path:
 def _args(out: Path, dataset: str, *extra: str):
     from spanpref.training.run import parse_args
 
-    return parse_args("dpo", ["--config", str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"), "--dataset_name",
-                              dataset, "--output_dir", str(out), *extra])  # fmt: skip
+    return parse_args(
+        "dpo",
+        [
+            "--config",
+            str(RECIPES / "tiny/dpo/config_stepwise_sigmoid.yaml"),
+            "--dataset_name",
+            dataset,
+            "--output_dir",
+            str(out),
+            *extra,
+        ],
+    )
 
 
 def _save_lora(base: str, out: Path, merge: bool) -> None:
@@ -103,8 +115,17 @@ def test_merged_model_card_adapter_card_and_configs_load_from_anywhere(base_fold
     _save_lora("base", out, merge=True)
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == "base"
     script_args, training_args, model_args = _args(out, "data", "--use_peft", "--merge_adapters")
-    write_model_card(out, stage="dpo", base_model="base", script_args=script_args, training_args=training_args,
-                     model_args=model_args, results={}, world_size=1, dataset_revision="x")  # fmt: skip
+    write_model_card(
+        out,
+        stage="dpo",
+        base_model="base",
+        script_args=script_args,
+        training_args=training_args,
+        model_args=model_args,
+        results={},
+        world_size=1,
+        dataset_revision="x",
+    )
 
     card = _card(out)
     assert card.library_name == "transformers"  # the root holds merged weights
@@ -130,9 +151,17 @@ def test_adapter_only_card_is_peft_and_names_hub_ids(base_folder, tmp_path):
     out = tmp_path / "out"
     _save_lora(str(base_folder), out, merge=False)
     script_args, training_args, model_args = _args(out, "org/span-feedback", "--use_peft")
-    write_model_card(out, stage="dpo", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", script_args=script_args,
-                     training_args=training_args, model_args=model_args, results={}, world_size=1,
-                     dataset_revision="x")  # fmt: skip
+    write_model_card(
+        out,
+        stage="dpo",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        script_args=script_args,
+        training_args=training_args,
+        model_args=model_args,
+        results={},
+        world_size=1,
+        dataset_revision="x",
+    )
     card = _card(out)
     assert card.library_name == "peft" and card.license == "apache-2.0"
     assert card.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.datasets == ["org/span-feedback"]
@@ -153,13 +182,30 @@ def test_an_unknown_license_is_said_not_invented(base_folder, tmp_path):
 
     AutoModelForCausalLM.from_pretrained(base_folder).save_pretrained(out)
     script_args, training_args, model_args = _args(out, str(tmp_path))
-    write_model_card(out, stage="dpo", base_model=str(base_folder), script_args=script_args,
-                     training_args=training_args, model_args=model_args, results={}, world_size=1,
-                     dataset_revision="x")  # fmt: skip
+    write_model_card(
+        out,
+        stage="dpo",
+        base_model=str(base_folder),
+        script_args=script_args,
+        training_args=training_args,
+        model_args=model_args,
+        results={},
+        world_size=1,
+        dataset_revision="x",
+    )
     assert _card(out).license == "unknown" and _card(out).library_name == "transformers"
     assert "could not be found on this machine" in (out / "README.md").read_text()
     # an explicit license wins
-    write_model_card(out, stage="dpo", base_model=str(base_folder), script_args=script_args,
-                     training_args=training_args, model_args=model_args, results={}, world_size=1,
-                     dataset_revision="x", license="apache-2.0")  # fmt: skip
+    write_model_card(
+        out,
+        stage="dpo",
+        base_model=str(base_folder),
+        script_args=script_args,
+        training_args=training_args,
+        model_args=model_args,
+        results={},
+        world_size=1,
+        dataset_revision="x",
+        license="apache-2.0",
+    )
     assert _card(out).license == "apache-2.0"

@@ -46,9 +46,23 @@ def _free_port() -> int:
 
 def _git(cwd: Path, *args: str) -> str:
     env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-    out = subprocess.run(["git", "-c", "user.name=spanpref-test", "-c", "user.email=test@example.invalid",
-                          "-c", "commit.gpgsign=false", *args],
-                         cwd=cwd, env=env, check=True, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            "git",
+            "-c",
+            "user.name=spanpref-test",
+            "-c",
+            "user.email=test@example.invalid",
+            "-c",
+            "commit.gpgsign=false",
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.stdout.strip()
 
 
@@ -105,9 +119,13 @@ def hub(tmp_path_factory):
             encoding="utf-8",
         )
         with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "olah.server", "--config", str(config),
-                                     "--log-path", str(root / "logs")],
-                                    cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "olah.server", "--config", str(config), "--log-path", str(root / "logs")],
+                cwd=root,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         endpoint = f"http://127.0.0.1:{port}"
         try:
             _wait_until_serving(proc, f"{endpoint}/api/datasets/{REPO_ID}/revision/main", log)
@@ -142,12 +160,25 @@ print(json.dumps({
 
 
 def _client_env(endpoint: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGINGFACE_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}  # fmt: skip
-    env.update(HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0", HF_DATASETS_OFFLINE="0", HF_HOME=str(home / "hf"),
-               HF_HUB_CACHE=str(home / "hf" / "hub"), HF_DATASETS_CACHE=str(home / "hf" / "datasets"),
-               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost",
-               no_proxy="127.0.0.1,localhost", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGINGFACE_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+    }
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HUB_OFFLINE="0",
+        HF_DATASETS_OFFLINE="0",
+        HF_HOME=str(home / "hf"),
+        HF_HUB_CACHE=str(home / "hf" / "hub"),
+        HF_DATASETS_CACHE=str(home / "hf" / "datasets"),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     return env
 
 
@@ -156,8 +187,14 @@ def test_load_a_repo_by_hub_id_from_a_real_server(hub, tmp_path):
     # cwd has no `<org>/<name>` folder, so load_rows must go through the Hub API, not the local path
     work = tmp_path / "client"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-c", CLIENT, REPO_ID], cwd=work, env=_client_env(endpoint, tmp_path),
-                          capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", CLIENT, REPO_ID],
+        cwd=work,
+        env=_client_env(endpoint, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT_S,
+    )
     server_log = log.read_text(errors="replace")
     assert proc.returncode == 0, f"client failed:\n{proc.stderr[-4000:]}\n--- olah ---\n{server_log[-3000:]}"
     got = json.loads(proc.stdout.strip().splitlines()[-1])

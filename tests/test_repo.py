@@ -11,8 +11,10 @@ from spanpref.repo import DatasetRepo, HubAuthError, RepoError, open_repo, push_
 
 
 def _docs(n, prefix="d"):
-    return [{"doc_id": f"{prefix}{i}", "domain": "news" if i % 2 else "wiki", "title": f"T{i}", "text": f"text {i} ✓"}
-            for i in range(n)]  # fmt: skip
+    return [
+        {"doc_id": f"{prefix}{i}", "domain": "news" if i % 2 else "wiki", "title": f"T{i}", "text": f"text {i} ✓"}
+        for i in range(n)
+    ]
 
 
 def _queries(n):

@@ -31,8 +31,7 @@ from spanpref.cli import main
 from spanpref.importers.qa_feedback import import_qa_feedback
 from spanpref.repo import DatasetRepo, RepoError, open_repo
 
-BASE = (schema.DOCUMENTS, schema.QUERIES, schema.RESPONSES, schema.ANNOTATIONS, schema.COMPARISONS,
-        schema.REFERENCES)  # fmt: skip
+BASE = (schema.DOCUMENTS, schema.QUERIES, schema.RESPONSES, schema.ANNOTATIONS, schema.COMPARISONS, schema.REFERENCES)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +85,9 @@ def _hand_written_layout(folder: Path, rows: dict[str, list[dict]]) -> None:
         names = ["train-0.parquet", "train-1.parquet"]
         for name, part in zip(names, (table.slice(0, half), table.slice(half)), strict=True):
             pq.write_table(part, folder / "data" / config / name)
-        entries.append({"config_name": config,
-                        "data_files": [{"split": "train", "path": [f"data/{config}/{n}" for n in names]}]})  # fmt: skip
+        entries.append(
+            {"config_name": config, "data_files": [{"split": "train", "path": [f"data/{config}/{n}" for n in names]}]}
+        )
     card = "---\n" + yaml.safe_dump({"license": "apache-2.0", "configs": entries}, sort_keys=False) + "---\n# mine\n"
     (folder / "README.md").write_text(card, encoding="utf-8")
 
@@ -101,8 +101,10 @@ def _entries(folder: Path) -> dict[str, dict]:
 
 
 def _load_everything(folder: Path) -> dict[str, int]:
-    return {c: sum(datasets.load_dataset(str(folder), c).num_rows.values())
-            for c in datasets.get_dataset_config_names(str(folder))}  # fmt: skip
+    return {
+        c: sum(datasets.load_dataset(str(folder), c).num_rows.values())
+        for c in datasets.get_dataset_config_names(str(folder))
+    }
 
 
 @pytest.mark.parametrize("layout", [_push_to_hub_layout, _hand_written_layout], ids=["push_to_hub", "hand_written"])
@@ -219,8 +221,9 @@ def test_a_card_that_does_not_parse_names_the_line(tmp_path, capsys):
 def test_a_truncated_parquet_file_is_named(tmp_path, capsys):
     folder = tmp_path / "r"
     repo = DatasetRepo(folder)
-    repo.write({schema.DOCUMENTS: [{"doc_id": f"d{i}", "domain": "x", "title": "", "text": "t" * 50}
-                                   for i in range(50)]})  # fmt: skip
+    repo.write(
+        {schema.DOCUMENTS: [{"doc_id": f"d{i}", "domain": "x", "title": "", "text": "t" * 50} for i in range(50)]}
+    )
     (shard,) = repo.data_files(schema.DOCUMENTS)["train"]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     assert main(["stats", str(folder)]) == 2
@@ -237,7 +240,8 @@ def test_split_names_come_from_the_card_never_from_file_names(tmp_path):
     table = pa.Table.from_pylist(rows, schema=schema.features_of(schema.DOCUMENTS).arrow_schema)
     pq.write_table(table.slice(0, 2), folder / "data" / "dev-final-v2.parquet")
     pq.write_table(table.slice(2), folder / "data" / "held-out-00000-of-00001.parquet")
-    (folder / "README.md").write_text(textwrap.dedent("""\
+    (folder / "README.md").write_text(
+        textwrap.dedent("""\
         ---
         configs:
         - config_name: documents
@@ -247,7 +251,8 @@ def test_split_names_come_from_the_card_never_from_file_names(tmp_path):
           - split: test
             path: data/held-out-*.parquet
         ---
-        """))  # fmt: skip
+        """)
+    )
     repo = DatasetRepo(folder)
     assert repo.splits(schema.DOCUMENTS) == ["validation", "test"]
     repo.refresh_card()
@@ -325,14 +330,17 @@ def test_a_card_with_a_split_name_datasets_cannot_load_says_so(tmp_path, capsys)
     folder = tmp_path / "r"
     (folder / "data").mkdir(parents=True)
     pq.write_table(pa.table({"x": [1]}), folder / "data" / "train-00000-of-00002.parquet")
-    (folder / "README.md").write_text("---\nconfigs:\n- config_name: documents\n  data_files:\n"
-                                      "  - split: train-00000-of\n    path: data/train-00000-of-00002.parquet\n---\n")  # fmt: skip
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: documents\n  data_files:\n"
+        "  - split: train-00000-of\n    path: data/train-00000-of-00002.parquet\n---\n"
+    )
     assert main(["validate", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "config 'documents' has split 'train-00000-of', a name `datasets` cannot load" in err
     with pytest.raises(RepoError, match="split name 'train-00000-of' is not one `datasets` accepts"):
-        DatasetRepo(tmp_path / "new").write({schema.DOCUMENTS: {"train-00000-of": [
-            {"doc_id": "d", "domain": "x", "title": "", "text": "t"}]}})  # fmt: skip
+        DatasetRepo(tmp_path / "new").write(
+            {schema.DOCUMENTS: {"train-00000-of": [{"doc_id": "d", "domain": "x", "title": "", "text": "t"}]}}
+        )
     assert not (tmp_path / "new").exists()
 
 
@@ -340,9 +348,11 @@ def test_another_tools_config_and_card_keys_are_kept_beside_ours(tmp_path):
     folder = tmp_path / "r"
     (folder / "extra").mkdir(parents=True)
     pq.write_table(pa.table({"id": [1, 2], "note": ["hello", "world"]}), folder / "extra" / "notes-a.parquet")
-    (folder / "README.md").write_text("---\nlicense: cc-by-4.0\nannotations_creators: [expert-generated]\n"
-                                      "configs:\n- config_name: notes\n  data_files:\n  - split: train\n"
-                                      "    path: extra/notes-*.parquet\n---\n")  # fmt: skip
+    (folder / "README.md").write_text(
+        "---\nlicense: cc-by-4.0\nannotations_creators: [expert-generated]\n"
+        "configs:\n- config_name: notes\n  data_files:\n  - split: train\n"
+        "    path: extra/notes-*.parquet\n---\n"
+    )
     repo = DatasetRepo(folder)
     repo.write({schema.DOCUMENTS: [{"doc_id": "d", "domain": "x", "title": "", "text": "t"}]})
     assert repo.config_names() == [schema.DOCUMENTS, "notes"]
