@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv or "--verbose" in argv
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):  # no line per HTTP request
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "urllib3", "filelock"):  # no line per HTTP request
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         ns = parse(argv)

@@ -35,6 +35,7 @@ from spanpref.backends.base import (
     is_prefill,
     response_formats,
 )
+from spanpref.errors import SpanprefError
 
 logger = logging.getLogger(__name__)
 # One line per HTTP request (httpx2 is the transport of openai and huggingface_hub) or per retry is noise in a
@@ -52,7 +53,7 @@ HF_HOST_SUFFIXES = ("huggingface.co", "huggingface.cloud", "hf.space")
 UNNAMED_MODEL = "dummy"
 
 
-class RequestFailed(RuntimeError):
+class RequestFailed(SpanprefError, RuntimeError):
     """One completion request failed for good (non-retryable status, or retries exhausted)."""
 
     def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
