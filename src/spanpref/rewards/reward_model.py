@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from spanpref import schema
 from spanpref.io import RESULTS_FILE, save_resolved_config, write_json
@@ -535,11 +534,11 @@ def render_reward_model_card(group: RewardGroup, res: dict[str, Any], args: Rewa
     method = ("classification head trained on frozen backbone states" if args.freeze_backbone
               else "full fine-tuning")  # fmt: skip
     layers = f", first {args.backbone_layers} layers" if args.backbone_layers else ""
-    return f"""---
-{yaml.safe_dump(meta, sort_keys=False).strip()}
----
+    from huggingface_hub import ModelCard
 
-# {group.name} span reward model
+    from spanpref.cards import render_card_text
+
+    return render_card_text(ModelCard, meta, f"""# {group.name} span reward model
 
 A fine-grained reward model in the style of Fine-Grained RLHF (Wu et al., 2023), trained with
 [spanpref](https://github.com/) on span-level human feedback. It reads the input below and predicts, at the
@@ -577,7 +576,7 @@ from spanpref.rewards.reward_model import SpanRewardModel
 rm = SpanRewardModel("path/or/hub-id")
 rm.error_probs(["<query>"], ["<response>"])  # one P(error) per segment
 ```
-"""
+""")
 
 
 # ---------------------------------------------------------------------------------------------------
