@@ -254,6 +254,23 @@ def test_chains_can_be_restricted_to_one_annotator(repo_copy):
     assert all(c.annotator == "ai:llm" for c in load_contexts(repo, "local", "m", annotator="ai:llm"))
 
 
+def test_a_journal_left_after_the_merge_adds_nothing_twice(repo_copy, monkeypatch):
+    from spanpref.journal import Journal
+
+    # a kill between the merge and clearing the journal: the journal's rows are in the config already
+    monkeypatch.setattr(Journal, "clear", lambda self: self.close())
+    annotate_with_ai(str(repo_copy), AIAnnotatorConfig(progress=False), QuotingBackend())
+    assert (repo_copy.parent / ".repo.journal" / "annotate-ai-llm.jsonl").is_file()
+    monkeypatch.undo()
+    backend = QuotingBackend()
+    report = annotate_with_ai(str(repo_copy), AIAnnotatorConfig(progress=False), backend)
+    assert backend.calls == [] and report.skipped == 6
+    ai = [a for a in open_repo(repo_copy).read(schema.ANNOTATIONS) if a["annotator"] == "ai:llm"]
+    assert len(ai) == len({a["annotation_id"] for a in ai}) == 6
+    logged = (repo_copy / "logs" / "annotate-ai-llm_problems.jsonl").read_text().splitlines()
+    assert len(logged) == len(set(logged)) == 6  # one missing quote per response, once
+
+
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})

@@ -170,7 +170,7 @@ def problems_file_name(name: str) -> str:
     return f"logs/annotate-ai-{name}_problems.jsonl"
 
 
-def provenance(annotator: AIAnnotator, backend: Backend | None, seed: int, compare: bool) -> dict[str, Any]:
+def provenance(annotator: AIAnnotator, backend: Backend | None, seed: int) -> dict[str, Any]:
     """What the rows come from; the hash of it is the run key."""
     record = {
         "annotator": annotator.label,
@@ -180,14 +180,13 @@ def provenance(annotator: AIAnnotator, backend: Backend | None, seed: int, compa
         "prompt": annotator.prompt_version(),
         "taxonomy": annotator.taxonomy.key,
         "seed": seed,
-        "compare": compare,
         "settings": asdict(annotator.settings),
     }
     record["run_key"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:12]
     return record
 
 
-def _load_items(repo: Any, cfg: AIAnnotatorConfig, annotations: list[dict]) -> tuple[list[AnnotationItem], dict]:
+def _load_items(repo: Any, cfg: AIAnnotatorConfig, annotations: list[dict]) -> list[AnnotationItem]:
     for needed in (schema.RESPONSES, schema.QUERIES):
         if not repo.has(needed):
             raise RepoError(f"{repo.path} has no {needed} config; AI feedback needs responses and queries")
@@ -208,8 +207,7 @@ def _load_items(repo: Any, cfg: AIAnnotatorConfig, annotations: list[dict]) -> t
         items.append(
             AnnotationItem(r["response_id"], r["text"], q["query"], documents.get(q["doc_id"], ""), r["query_id"])
         )
-    texts = {it.response_id: it for it in items}
-    return items[: cfg.limit] if cfg.limit is not None else items, texts
+    return items[: cfg.limit] if cfg.limit is not None else items
 
 
 def _comparison_tasks(repo: Any, items: list[AnnotationItem], name: str, limit: int | None) -> list[dict[str, Any]]:
@@ -259,8 +257,8 @@ def annotate_with_ai(
         raise UsageError(f"A/B choices (compare) need an llm annotator, not {annotator.kind}")
     repo = open_repo(folder)
     annotations = repo.read(schema.ANNOTATIONS) if repo.has(schema.ANNOTATIONS) else []
-    items, _ = _load_items(repo, cfg, annotations)
-    run = provenance(annotator, backend if annotator.needs_backend else None, cfg.seed, cfg.compare)
+    items = _load_items(repo, cfg, annotations)
+    run = provenance(annotator, backend if annotator.needs_backend else None, cfg.seed)
     run_path = repo.path / run_file_name(annotator.name)
     problems_path = repo.path / problems_file_name(annotator.name)
 
@@ -347,8 +345,12 @@ def _merge(
     comparison_records: list[dict],
     overwrite: bool,
 ) -> None:
-    new_rows = [r["annotation"] for r in item_records if r["annotation"] is not None]
-    new_cmp = [r["row"] for r in comparison_records if r["row"] is not None]
+    # a run killed after its merge but before clearing the journal left rows that are in the config already
+    have = {a["annotation_id"] for a in annotations} | {c["comparison_id"] for c in comparisons}
+    new_rows = [
+        r["annotation"] for r in item_records if r["annotation"] and r["annotation"]["annotation_id"] not in have
+    ]
+    new_cmp = [r["row"] for r in comparison_records if r["row"] and r["row"]["comparison_id"] not in have]
     if not item_records and not comparison_records:
         return
     lines = [
@@ -365,7 +367,7 @@ def _merge(
     ]
     problems_path = repo.path / problems_file_name(annotator.name)
     if problems_path.is_file() and not overwrite:  # problems of rows merged by an earlier, partial run
-        lines = problems_path.read_text(encoding="utf-8").splitlines() + lines
+        lines = list(dict.fromkeys(problems_path.read_text(encoding="utf-8").splitlines() + lines))
     extra = {run_file_name(annotator.name): yaml.safe_dump(run, sort_keys=False, allow_unicode=True)}
     if lines:
         extra[problems_file_name(annotator.name)] = "".join(line + "\n" for line in lines)
