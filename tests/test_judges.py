@@ -36,8 +36,15 @@ def qa_feedback_repo(folder: Path, limit: int) -> DatasetRepo:
     """qa-feedback questions with their four sampled answers as the eval outputs of four "models" (the slots)."""
     import_qa_feedback("bundled", folder, limit=limit)
     repo = DatasetRepo(folder)
-    outputs = [{"output_id": r["response_id"], "model": r["prompt_version"].split(":")[1], "query_id": r["query_id"],
-                "text": r["text"]} for r in repo.read(schema.RESPONSES)]  # fmt: skip
+    outputs = [
+        {
+            "output_id": r["response_id"],
+            "model": r["prompt_version"].split(":")[1],
+            "query_id": r["query_id"],
+            "text": r["text"],
+        }
+        for r in repo.read(schema.RESPONSES)
+    ]
     repo.write({schema.EVAL_OUTPUTS: outputs})
     return repo
 
@@ -115,8 +122,10 @@ def test_reference_judge_prefers_the_answer_closer_to_gold_whatever_the_order(tm
     gold = {r["query_id"]: r["text"] for r in repo.read(schema.REFERENCES)}
     text = {(o["query_id"], o["model"]): o["text"] for o in repo.read(schema.EVAL_OUTPUTS)}
     for r in rows:
-        fa, fb = (scorer.score(gold[r["query_id"]], text[(r["query_id"], m)])["rougeL"].fmeasure
-                  for m in (r["model_a"], r["model_b"]))  # fmt: skip
+        fa, fb = (
+            scorer.score(gold[r["query_id"]], text[(r["query_id"], m)])["rougeL"].fmeasure
+            for m in (r["model_a"], r["model_b"])
+        )
         expected = "tie" if abs(fa - fb) <= 0.005 else "model_a" if fa > fb else "model_b"
         assert r["winner"] == expected, r
         assert r["model_a"] < r["model_b"] and r["judge"] == "reference"
@@ -238,8 +247,9 @@ def test_llm_judge_records_every_verdict_parsed_or_not(tmp_path, llama_server):
 def test_alpaca_eval_annotator_against_a_local_server(tmp_path, llama_server, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     repo = tiny_repo(tmp_path / "r")
-    judge = build_judge(small_judge(tmp_path, "alpaca_eval", max_new_tokens=16), base_url=llama_server.base_url,
-                        model="smollm2")  # fmt: skip
+    judge = build_judge(
+        small_judge(tmp_path, "alpaca_eval", max_new_tokens=16), base_url=llama_server.base_url, model="smollm2"
+    )
     assert isinstance(judge, AlpacaEvalJudge)
     report = judge_outputs(repo.path, judge)
     rows = repo.read(schema.JUDGMENTS)
@@ -277,10 +287,16 @@ class RecordingOpenAI:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
-                reply = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": outer.REPLY}}],
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}  # fmt: skip
+                reply = {
+                    "id": "c",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": outer.REPLY}}
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                }
                 reply_json(self, reply)
 
             def log_message(self, *args):

@@ -18,8 +18,10 @@ from spanpref.chains.rewriters import (
 )
 from spanpref.chains.validate import ValidationConfig, check_chain
 
-A0 = ("Bloom is the second album by Troye Sivan. It was released in 2018. Ariana Grande was released on 13 June. "
-      "The album got good reviews.")  # fmt: skip
+A0 = (
+    "Bloom is the second album by Troye Sivan. It was released in 2018. Ariana Grande was released on 13 June. "
+    "The album got good reviews."
+)
 D1 = A0.index("It was released in 2018.")
 D2 = A0.index("Ariana Grande was released on 13 June.")
 L1 = A0.index("The album got good reviews.")
@@ -27,13 +29,18 @@ L1 = A0.index("The album got good reviews.")
 
 def _ctx():
     return ChainContext(
-        chain_id="c1", annotation_id="a1", query="When did Bloom come out?", document="Bloom ... 31 August 2018.",
+        chain_id="c1",
+        annotation_id="a1",
+        query="When did Bloom come out?",
+        document="Bloom ... 31 August 2018.",
         a0=A0,
-        dislikes=[schema.Span(7, D1, D1 + len("It was released in 2018."), "dislike"),
-                  schema.Span(3, D2, D2 + len("Ariana Grande was released on 13 June."), "dislike")],
+        dislikes=[
+            schema.Span(7, D1, D1 + len("It was released in 2018."), "dislike"),
+            schema.Span(3, D2, D2 + len("Ariana Grande was released on 13 June."), "dislike"),
+        ],
         likes=[schema.Span(5, L1, len(A0), "like")],
         reason_labels={7: "Lacks depth or detail", 3: "Factually wrong", 5: "Useful fact"},
-    )  # fmt: skip
+    )
 
 
 STEP1 = A0.replace("It was released in 2018.", "It was released on 31 August 2018.")
@@ -74,17 +81,27 @@ def test_paper_reply_that_follows_the_format_is_accepted():
 @pytest.mark.parametrize(
     ("reply", "reason"),
     [
-        (lambda: f"### Step 1\n{_tagged(STEP1, set())}\n### Step 2\n{_tagged(STEP2, set())}", r"step 1: dropped_tag: dislike tag\(s\) \[2\]"),
-        (lambda: f"### Step 1\n{_tagged(STEP1, {2})}".replace("It was released on 31 August 2018.",
-         "<dislike id='1'>It was released on 31 August 2018.</dislike id='1'>") + f"\n### Step 2\n{STEP2}",
-         r"step 1: extra_tag: the tag of dislike 1"),
+        (
+            lambda: f"### Step 1\n{_tagged(STEP1, set())}\n### Step 2\n{_tagged(STEP2, set())}",
+            r"step 1: dropped_tag: dislike tag\(s\) \[2\]",
+        ),
+        (
+            lambda: (
+                f"### Step 1\n{_tagged(STEP1, {2})}".replace(
+                    "It was released on 31 August 2018.",
+                    "<dislike id='1'>It was released on 31 August 2018.</dislike id='1'>",
+                )
+                + f"\n### Step 2\n{STEP2}"
+            ),
+            r"step 1: extra_tag: the tag of dislike 1",
+        ),
         (lambda: f"### Step 1\n{_tagged(STEP1, {2})}", r"step_count: expected 2 steps, got 1"),
         (lambda: "I improved it: " + STEP2, r"format: no '### Step k' headers"),
         (lambda: f"### Step 1\n{_tagged(STEP1, {2})}\n### Step 2\n{STEP2}", r"step 2: dropped_tag: like tags \[3\]"),
         (lambda: f"### Step 1\n<dislike id='2'>unclosed {STEP1}\n### Step 2\n{STEP2}", r"step 1: bad_tags"),
     ],
     ids=["dropped-tag", "extra-tag", "missing-step", "no-headers", "dropped-like-tag", "unclosed-tag"],
-)  # fmt: skip
+)
 def test_paper_replies_that_break_the_format_are_rejected(reply, reason):
     texts, got = build_rewriter("paper").parse(_ctx(), reply(), "stop")
     assert texts == []
@@ -101,7 +118,7 @@ def test_paper_replies_that_break_the_format_are_rejected(reply, reason):
         ("", "empty"),
     ],
     ids=["two-edits", "far-from-span", "truncated", "empty"],
-)  # fmt: skip
+)
 def test_paper_steps_that_are_not_one_local_edit_are_rejected(step1, code):
     check = check_chain(A0, [step1, step1], _ctx().dislikes, _ctx().likes, ValidationConfig(slack=5))
     assert not check.ok
@@ -173,10 +190,14 @@ def test_local_rewrite_is_spliced_and_later_spans_reanchored():
 
 @pytest.mark.parametrize(
     ("reply", "finish", "code"),
-    [("", "stop", "empty"), ("It was released in", "length", "truncated"), ("It was released in 2018.", "stop", "no_change"),
-     ("It was released in 2018.\nI kept it as it was, since", "length", "no_change"),
-     ("Rearranging the sentence makes it clearer.", "stop", "task_talk")],
-)  # fmt: skip
+    [
+        ("", "stop", "empty"),
+        ("It was released in", "length", "truncated"),
+        ("It was released in 2018.", "stop", "no_change"),
+        ("It was released in 2018.\nI kept it as it was, since", "length", "no_change"),
+        ("Rearranging the sentence makes it clearer.", "stop", "task_talk"),
+    ],
+)
 def test_local_bad_replies_are_retried_then_rejected(reply, finish, code):
     rw = build_rewriter("local", max_attempts=2)
     s = _local_state()
@@ -215,8 +236,11 @@ def test_local_structured_reply_is_a_passage_or_a_delete():
     rw._apply(s, *w, Completion('{"delete": true}', 10, 5, "stop"))
     assert s.texts[-1] == STEP1.replace(" Ariana Grande was released on 13 June.", "") and s.pending == []
     bad = _local_state()
-    rw._apply(bad, *sentence_window(bad.text, bad.pending[0].start, bad.pending[0].end, 400),
-              Completion('{"passage": "It was', 10, 40, "length"))  # fmt: skip
+    rw._apply(
+        bad,
+        *sentence_window(bad.text, bad.pending[0].start, bad.pending[0].end, 400),
+        Completion('{"passage": "It was', 10, 40, "length"),
+    )
     assert bad.reason.startswith("step 1: truncated") and bad.texts == []
     fmt = local_response_format(24)["json_schema"]["schema"]["anyOf"][0]["properties"]["passage"]
     assert fmt["maxLength"] == 2 * 24 + 80
@@ -226,8 +250,11 @@ def test_local_candidates_keep_the_valid_reply_with_the_smallest_edit():
     rw = build_rewriter("local", candidates=3)
     s = _local_state()
     w = sentence_window(s.text, s.pending[0].start, s.pending[0].end, 400)
-    replies = ["I rewrote the passage to be correct.", "It was first released on 31 August 2018 in Australia.",
-               "It was released on 31 August 2018."]  # fmt: skip
+    replies = [
+        "I rewrote the passage to be correct.",
+        "It was first released on 31 August 2018 in Australia.",
+        "It was released on 31 August 2018.",
+    ]
     rw._apply(s, *w, [Completion(r, 10, 10, "stop") for r in replies])
     assert s.texts == [STEP1] and s.usage.completion_tokens == 30
     # none valid: the commonest reason is recorded

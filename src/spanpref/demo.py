@@ -39,28 +39,44 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 @dataclass(kw_only=True)
 class DemoConfig:
     output: str = field(default="outputs/demo", metadata={"help": "run folder: everything goes under it"})
-    source: str = field(default="bundled", metadata={
-        "help": "qa-feedback file or folder, or `bundled` (the 300 bundled examples)"})  # fmt: skip
+    source: str = field(
+        default="bundled", metadata={"help": "qa-feedback file or folder, or `bundled` (the 300 bundled examples)"}
+    )
     examples: int = field(default=30, metadata={"help": "qa-feedback examples to use (300 for all)"})
-    model: str = field(default="default", metadata={
-        "help": "model to tune and evaluate: an HF id or path; `default` is the bundled SmolLM2-135M-Instruct"})  # fmt: skip
-    chain_base_url: str | None = field(default=None, metadata={
-        "help": "OpenAI-compatible server for the rewriter (TGI, vLLM, llama.cpp); default: start llama.cpp on "
-        "the bundled GGUF"})  # fmt: skip
+    model: str = field(
+        default="default",
+        metadata={
+            "help": "model to tune and evaluate: an HF id or path; `default` is the bundled SmolLM2-135M-Instruct"
+        },
+    )
+    chain_base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "OpenAI-compatible server for the rewriter (TGI, vLLM, llama.cpp); default: start llama.cpp on "
+            "the bundled GGUF"
+        },
+    )
     chain_model: str | None = field(default=None, metadata={"help": "model name sent to --chain-base-url"})
-    threads: int = field(default=max(1, min(os.cpu_count() or 1, 8)), metadata={
-        "help": "llama.cpp decoding threads"})  # fmt: skip
+    threads: int = field(default=max(1, min(os.cpu_count() or 1, 8)), metadata={"help": "llama.cpp decoding threads"})
     train_steps: int = field(default=8, metadata={"help": "optimizer steps of each training run"})
     learning_rate: float | None = field(default=None, metadata={"help": "override the recipes' learning rate"})
     max_length: int = field(default=1536, metadata={"help": "longest training sequence, in tokens"})
-    training_mode: str = field(default="grouped", metadata={
-        "help": "preference training: grouped (every pair of a prompt from one packed sequence; a step is one prompt "
-        "group) or pairwise (TRL's layout; a step is one pair)"})  # fmt: skip
+    training_mode: str = field(
+        default="grouped",
+        metadata={
+            "help": "preference training: grouped (every pair of a prompt from one packed sequence; a step is one prompt "
+            "group) or pairwise (TRL's layout; a step is one pair)"
+        },
+    )
     eval_prompts: int = field(default=8, metadata={"help": "test prompts to evaluate on (at most)"})
     eval_max_new_tokens: int = field(default=128, metadata={"help": "longest evaluated answer, in tokens"})
     rounds: int = field(default=1000, metadata={"help": "bootstrap rounds of the Elo intervals"})
-    max_document_chars: int = field(default=2000, metadata={
-        "help": "documents are cut to this many characters in every prompt (rewriting, training, evaluation)"})  # fmt: skip
+    max_document_chars: int = field(
+        default=2000,
+        metadata={
+            "help": "documents are cut to this many characters in every prompt (rewriting, training, evaluation)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the splits, sampling and bootstrap"})
 
 
@@ -98,8 +114,14 @@ class Demo:
 
         def run(base_url: str, model: str | None) -> str:
             backend = build_backend("openai", base_url=base_url, model=model, max_concurrency=4)
-            report = build_chains(str(self.data), "local", backend, seed=self.cfg.seed, max_attempts=2,
-                                  max_document_chars=self.cfg.max_document_chars)  # fmt: skip
+            report = build_chains(
+                str(self.data),
+                "local",
+                backend,
+                seed=self.cfg.seed,
+                max_attempts=2,
+                max_document_chars=self.cfg.max_document_chars,
+            )
             return report.summary()
 
         if self.cfg.chain_base_url:
@@ -113,8 +135,12 @@ class Demo:
     def stage_pairs(self) -> str:
         from spanpref.pairs import PairConfig, build_pairs
 
-        cfg = PairConfig(splits={"train": 0.7, "validation": 0.1, "test": 0.2}, seed=self.cfg.seed, rewriter="local",
-                         max_document_chars=self.cfg.max_document_chars)  # fmt: skip
+        cfg = PairConfig(
+            splits={"train": 0.7, "validation": 0.1, "test": 0.2},
+            seed=self.cfg.seed,
+            rewriter="local",
+            max_document_chars=self.cfg.max_document_chars,
+        )
         return build_pairs(str(self.data), cfg).summary()
 
     def _train(self, stage: str, recipe: str, output: str, model: str, extra: dict | None = None) -> str:
@@ -131,12 +157,22 @@ class Demo:
         if "train" not in open_repo(self.data).splits(config):
             return f"skipped: {config} has no training rows (too few valid chains; use more --examples)"
         overrides = dict(
-            dataset_name=str(self.data), output_dir=str(out), model_name_or_path=model,
-            max_steps=self.cfg.train_steps, max_length=self.cfg.max_length, merge_adapters=True,
-            eval_strategy="no", save_strategy="steps", save_steps=max(1, self.cfg.train_steps // 2), logging_steps=1,
-            seed=self.cfg.seed, max_eval_samples=8,
+            dataset_name=str(self.data),
+            output_dir=str(out),
+            model_name_or_path=model,
+            max_steps=self.cfg.train_steps,
+            max_length=self.cfg.max_length,
+            merge_adapters=True,
+            eval_strategy="no",
+            save_strategy="steps",
+            save_steps=max(1, self.cfg.train_steps // 2),
+            logging_steps=1,
+            seed=self.cfg.seed,
+            max_eval_samples=8,
             # one sequence (pair) per step: on 2 CPU cores a step of the recipes' 4 takes ~25 s (SFT) to ~50 s (DPO)
-            per_device_train_batch_size=1, gradient_accumulation_steps=1, per_device_eval_batch_size=2,
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=1,
+            per_device_eval_batch_size=2,
             **(extra or {}),
         )
         if self.cfg.learning_rate is not None:
@@ -147,24 +183,32 @@ class Demo:
         after = results.get("after") or {}
         acc = after.get("eval_rewards/accuracies")
         metric = f", validation preference accuracy {acc:.2f}" if acc is not None else ""
-        unit = f" in {results['train_groups']} prompt groups (a step is one group)" if "train_groups" in results else ""
-        return f"{out}: {results['train_examples']} training examples{unit}, " \
-               f"{results.get('seconds_per_step', 0):.1f} s/step{metric}"  # fmt: skip
+        unit = (
+            f" in {results['train_groups']} prompt groups (a step is one group)" if "train_groups" in results else ""
+        )
+        return (
+            f"{out}: {results['train_examples']} training examples{unit}, "
+            f"{results.get('seconds_per_step', 0):.1f} s/step{metric}"
+        )
 
     def stage_sft(self) -> str:
         return self._train("sft", "smollm2-135m-instruct/sft/config_full_rewrite.yaml", "sft", self.cfg.model)
 
     def stage_apo_down(self) -> str:
-        return self._train("dpo", "smollm2-135m-instruct/dpo/config_stepwise_apo_down.yaml", "apo-down",
-                           str(self.models / "sft"))  # fmt: skip
+        return self._train(
+            "dpo", "smollm2-135m-instruct/dpo/config_stepwise_apo_down.yaml", "apo-down", str(self.models / "sft")
+        )
 
     def stage_dpo_ab(self) -> str:
         return self._train("dpo", "smollm2-135m-instruct/dpo/config_ab_sigmoid.yaml", "dpo-ab", self.cfg.model)
 
     def eval_models(self) -> list[tuple[str, str]]:
         """The base model and every model the demo trained (a stage skipped for lack of data has none)."""
-        trained = [("sft", self.models / "sft"), ("sft+apo-down (stepwise)", self.models / "apo-down"),
-                   ("dpo (A/B)", self.models / "dpo-ab")]  # fmt: skip
+        trained = [
+            ("sft", self.models / "sft"),
+            ("sft+apo-down (stepwise)", self.models / "apo-down"),
+            ("dpo (A/B)", self.models / "dpo-ab"),
+        ]
         return [("base", self.cfg.model)] + [(name, str(p)) for name, p in trained if (p / "config.json").is_file()]
 
     def stage_generate(self) -> str:
@@ -172,14 +216,17 @@ class Demo:
         from spanpref.evaluation.generate import EvalGenerationConfig, generate_eval_outputs
         from spanpref.models import resolve_model
 
-        gen = GenerationConfig(temperature=0.8, top_p=0.95, max_new_tokens=self.cfg.eval_max_new_tokens,
-                               seed=self.cfg.seed)  # fmt: skip
+        gen = GenerationConfig(
+            temperature=0.8, top_p=0.95, max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed
+        )
         cfg = EvalGenerationConfig(limit=self.cfg.eval_prompts, max_document_chars=self.cfg.max_document_chars)
         reports = generate_eval_outputs(
-            str(self.data), self.eval_models(),
+            str(self.data),
+            self.eval_models(),
             lambda model: build_backend("transformers", model=resolve_model(model), batch_size=8, device="auto"),
-            gen, cfg,
-        )  # fmt: skip
+            gen,
+            cfg,
+        )
         return "\n".join(r.summary() for r in reports)
 
     def stage_judge(self) -> str:
@@ -221,12 +268,18 @@ class Demo:
         total = sum(state.done.values())
         lines = ["", "spanpref demo finished. Time per stage:"]
         lines += [f"  {s:9s} {state.done[s]:7.0f} s" for s in STAGES if s in state.done]
-        lines += [f"  {'total':9s} {total:7.0f} s", "", "Where things are:",
-                  f"  dataset repo (every config)  {self.data}   (load_dataset('{self.data}', 'pairs_stepwise'))",
-                  f"  models                       {self.models}/{{sft,apo-down,dpo-ab}} (model cards inside)",
-                  f"  Elo table and plot           {self.report}/report.md, {self.report}/ratings.png", "",
-                  "Publish them (needs `hf auth login`):",
-                  f"  spanpref push {self.data} YOUR-ORG/span-feedback-demo",
-                  f"  hf upload YOUR-ORG/smollm2-apo-down {self.models}/apo-down",
-                  "or retrain with --push_to_hub --hub_model_id YOUR-ORG/NAME (scripts/dpo.py).", ""]  # fmt: skip
+        lines += [
+            f"  {'total':9s} {total:7.0f} s",
+            "",
+            "Where things are:",
+            f"  dataset repo (every config)  {self.data}   (load_dataset('{self.data}', 'pairs_stepwise'))",
+            f"  models                       {self.models}/{{sft,apo-down,dpo-ab}} (model cards inside)",
+            f"  Elo table and plot           {self.report}/report.md, {self.report}/ratings.png",
+            "",
+            "Publish them (needs `hf auth login`):",
+            f"  spanpref push {self.data} YOUR-ORG/span-feedback-demo",
+            f"  hf upload YOUR-ORG/smollm2-apo-down {self.models}/apo-down",
+            "or retrain with --push_to_hub --hub_model_id YOUR-ORG/NAME (scripts/dpo.py).",
+            "",
+        ]
         return "\n".join(lines)

@@ -39,8 +39,10 @@ CONFIGS_FIELD = "configs"
 # data_files (not on file contents), so a rewritten config must change its file name or a later
 # `load_dataset` would return the old rows from the cache.
 _STAGING = re.compile(r"^\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")
-_CARD_ADVICE = ("A dataset repo's README.md starts with YAML front matter between two `---` lines, whose "
-                "`configs:` list names each config and its `data_files` (as `push_to_hub` writes it).")  # fmt: skip
+_CARD_ADVICE = (
+    "A dataset repo's README.md starts with YAML front matter between two `---` lines, whose "
+    "`configs:` list names each config and its `data_files` (as `push_to_hub` writes it)."
+)
 _SPLIT_NAME = re.compile(r"\w+(\.\w+)*")  # the split names `datasets` accepts
 
 
@@ -129,8 +131,10 @@ class DatasetRepo:
             # the front matter starts on the card's second line
             where = f" at line {mark.line + 2}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise RepoError(f"{card}: the YAML front matter does not parse ({problem}{where}); fix the YAML "
-                            f"between the two `---` lines at the top. {_CARD_ADVICE}") from None  # fmt: skip
+            raise RepoError(
+                f"{card}: the YAML front matter does not parse ({problem}{where}); fix the YAML "
+                f"between the two `---` lines at the top. {_CARD_ADVICE}"
+            ) from None
         except (ValueError, TypeError) as e:
             raise RepoError(f"{card}: the front matter is not a valid dataset card ({e}). {_CARD_ADVICE}") from None
 
@@ -145,14 +149,18 @@ class DatasetRepo:
             for item in files if isinstance(files, list) else []:
                 split = item.get("split") if isinstance(item, dict) else None
                 if isinstance(split, str) and not _SPLIT_NAME.fullmatch(split):
-                    raise RepoError(f"{self.path / CARD}: config {entry.get('config_name')!r} has split {split!r}, "
-                                    "a name `datasets` cannot load (letters, digits, underscores and dots only; no "
-                                    "dashes): rename the split in `configs:`")  # fmt: skip
+                    raise RepoError(
+                        f"{self.path / CARD}: config {entry.get('config_name')!r} has split {split!r}, "
+                        "a name `datasets` cannot load (letters, digits, underscores and dots only; no "
+                        "dashes): rename the split in `configs:`"
+                    )
         try:  # datasets' own checks: config_name present, data_files shape, split names
             MetadataConfigs.from_dataset_card_data(meta)
         except ValueError as e:
-            raise RepoError(f"{self.path / CARD}: its `configs:` list is not one `datasets` can load: "
-                            f"{str(e).strip().splitlines()[0]}") from None  # fmt: skip
+            raise RepoError(
+                f"{self.path / CARD}: its `configs:` list is not one `datasets` can load: "
+                f"{str(e).strip().splitlines()[0]}"
+            ) from None
         out: dict[str, dict[str, Any]] = {}
         for entry in entries:
             name = str(entry["config_name"])
@@ -184,18 +192,23 @@ class DatasetRepo:
                 patterns = get_data_patterns(str(base))
             resolved = DataFilesDict.from_patterns(patterns, base_path=str(base))
         except (FileNotFoundError, EmptyDatasetError) as e:
-            raise RepoError(f"{self.path / CARD}: config {config!r} lists data files that are not in the folder "
-                            f"({e})") from None  # fmt: skip
+            raise RepoError(
+                f"{self.path / CARD}: config {config!r} lists data files that are not in the folder ({e})"
+            ) from None
         out = {}
         root = self.path.absolute()
         for split in _split_order(resolved):
             # `datasets` answers with absolute paths; give them back in the form the repo was opened with, so
             # that `relative_to(repo.path)` works for a relative folder too
-            files = [self.path / Path(f).relative_to(root) if Path(f).is_relative_to(root) else Path(f)
-                     for f in resolved[split]]  # fmt: skip
+            files = [
+                self.path / Path(f).relative_to(root) if Path(f).is_relative_to(root) else Path(f)
+                for f in resolved[split]
+            ]
             if not files:
-                raise RepoError(f"{self.path / CARD}: config {config!r}, split {split!r}: the pattern(s) "
-                                f"{patterns[split]} match no file in {base}")  # fmt: skip
+                raise RepoError(
+                    f"{self.path / CARD}: config {config!r}, split {split!r}: the pattern(s) "
+                    f"{patterns[split]} match no file in {base}"
+                )
             out[split] = files
         return out
 
@@ -216,14 +229,18 @@ class DatasetRepo:
 
     def _read_file(self, config: str, split: str, file: Path, metadata_only: bool = False) -> Any:
         if file.suffix != ".parquet":
-            raise RepoError(f"{file}: config {config!r}, split {split!r}: spanpref reads parquet data files; "
-                            "convert it (e.g. `datasets.load_dataset(...).to_parquet(...)`) or list parquet files "
-                            "in the card")  # fmt: skip
+            raise RepoError(
+                f"{file}: config {config!r}, split {split!r}: spanpref reads parquet data files; "
+                "convert it (e.g. `datasets.load_dataset(...).to_parquet(...)`) or list parquet files "
+                "in the card"
+            )
         try:
             return pq.ParquetFile(file).metadata if metadata_only else pq.read_table(file)
         except (pa.ArrowException, OSError) as e:
-            raise RepoError(f"{file}: config {config!r}, split {split!r}: not a readable parquet file ({e}); "
-                            "restore it or write the config again") from None  # fmt: skip
+            raise RepoError(
+                f"{file}: config {config!r}, split {split!r}: not a readable parquet file ({e}); "
+                "restore it or write the config again"
+            ) from None
 
     def read_table(self, config: str, split: str | None = None) -> pa.Table:
         files = self.data_files(config)
@@ -282,8 +299,10 @@ class DatasetRepo:
                 raise RepoError(f"{name}: no rows to write (a config needs at least one row to be loadable)")
             for split in splits:
                 if not _SPLIT_NAME.fullmatch(split):
-                    raise RepoError(f"{name}: split name {split!r} is not one `datasets` accepts (letters, digits, "
-                                    "underscores, dots)")  # fmt: skip
+                    raise RepoError(
+                        f"{name}: split name {split!r} is not one `datasets` accepts (letters, digits, "
+                        "underscores, dots)"
+                    )
         for name in new:
             schema.record_class(name)  # unknown config -> ValueError naming the choices
         entries = self._entries_for_writing()
@@ -313,8 +332,11 @@ class DatasetRepo:
                 target.write_bytes(content.encode() if isinstance(content, str) else content)
 
         self._rewrite(entries, replaced=set(new), populate=populate, written=written, meta=meta)
-        logger.info("wrote %s to %s", ", ".join(f"{n} ({sum(t.num_rows for t in s.values())} rows)"
-                                                for n, s in tables.items()), self.path)  # fmt: skip
+        logger.info(
+            "wrote %s to %s",
+            ", ".join(f"{n} ({sum(t.num_rows for t in s.values())} rows)" for n, s in tables.items()),
+            self.path,
+        )
 
     def remove(self, configs: Iterable[str]) -> None:
         """Drop configs (data files and card entry), atomically."""
@@ -332,18 +354,31 @@ class DatasetRepo:
         if not entries and self._data_files_on_disk():
             found = ", ".join(sorted({p.parent.relative_to(self.path).as_posix() for p in self._data_files_on_disk()}))
             reason = "has no README.md" if not self.exists() else "has a README.md without a `configs:` list"
-            raise RepoError(f"{self.path} {reason} but holds data files ({found}); writing would leave them out "
-                            f"of the card. {_CARD_ADVICE} Add the card first, then run this again.")  # fmt: skip
+            raise RepoError(
+                f"{self.path} {reason} but holds data files ({found}); writing would leave them out "
+                f"of the card. {_CARD_ADVICE} Add the card first, then run this again."
+            )
         for name, entry in entries.items():
             self._resolve(name, entry)  # every entry must resolve: a write must not carry a broken card forward
         return entries
 
     def _data_files_on_disk(self) -> list[Path]:
-        return [p for p in self.path.rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".jsonl",
-                ".csv") and not any(part.startswith(".") for part in p.relative_to(self.path).parts)]  # fmt: skip
+        return [
+            p
+            for p in self.path.rglob("*")
+            if p.is_file()
+            and p.suffix in (".parquet", ".arrow", ".jsonl", ".csv")
+            and not any(part.startswith(".") for part in p.relative_to(self.path).parts)
+        ]
 
-    def _rewrite(self, entries: dict[str, dict[str, Any]], replaced: set[str], populate: Any,
-                 written: dict[str, dict[str, Any]], meta: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    def _rewrite(
+        self,
+        entries: dict[str, dict[str, Any]],
+        replaced: set[str],
+        populate: Any,
+        written: dict[str, dict[str, Any]],
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
         """Build the next state in a sibling temp folder (kept files hard-linked), then swap it in."""
         kept = {n: e for n, e in entries.items() if n not in replaced}
         kept_files = {f for n, e in kept.items() for fs in self._resolve(n, e).values() for f in fs}
@@ -370,13 +405,20 @@ class DatasetRepo:
             staged.path = tmp
             # the card lists the files, so it goes first: the statistics below read the staged data through it
             (tmp / CARD).write_text(render_card_text(DatasetCard, {CONFIGS_FIELD: card_entries}), encoding="utf-8")
-            text = render_dataset_card(staged, [e["config_name"] for e in card_entries], previous_meta=previous,
-                                       title=self.path.name, config_entries=card_entries)  # fmt: skip
+            text = render_dataset_card(
+                staged,
+                [e["config_name"] for e in card_entries],
+                previous_meta=previous,
+                title=self.path.name,
+                config_entries=card_entries,
+            )
             (tmp / CARD).write_text(text, encoding="utf-8")
             for name, entry in kept.items():  # a new file must not slip into another config's glob
                 if _rebased(staged._resolve(name, entry), tmp, self.path) != self._resolve(name, entry):
-                    raise RepoError(f"{self.path}: writing {sorted(written)} would change what config {name!r} "
-                                    f"reads (its data_files {entry.get('data_files')!r} match the new files)")  # fmt: skip
+                    raise RepoError(
+                        f"{self.path}: writing {sorted(written)} would change what config {name!r} "
+                        f"reads (its data_files {entry.get('data_files')!r} match the new files)"
+                    )
             self._swap_in(tmp)
         finally:
             if tmp.exists():
@@ -385,9 +427,14 @@ class DatasetRepo:
     def _validate(self, new: dict[str, dict[str, list[dict]]], taxonomy: Any) -> None:
         flat = {name: [r for rows in splits.values() for r in rows] for name, splits in new.items()}
         # bring in the existing configs that the new rows refer to, so references are checked
-        wants = {schema.QUERIES: [schema.DOCUMENTS], schema.RESPONSES: [schema.QUERIES],
-                 schema.REFERENCES: [schema.QUERIES], schema.ANNOTATIONS: [schema.RESPONSES],
-                 schema.COMPARISONS: [schema.RESPONSES], schema.CHAINS: [schema.ANNOTATIONS]}  # fmt: skip
+        wants = {
+            schema.QUERIES: [schema.DOCUMENTS],
+            schema.RESPONSES: [schema.QUERIES],
+            schema.REFERENCES: [schema.QUERIES],
+            schema.ANNOTATIONS: [schema.RESPONSES],
+            schema.COMPARISONS: [schema.RESPONSES],
+            schema.CHAINS: [schema.ANNOTATIONS],
+        }
         for name in list(flat):
             for target in wants.get(name, []):
                 if target not in flat and self.exists() and self.has(target):
@@ -487,12 +534,16 @@ def open_repo(path: str | os.PathLike, *, must_exist: bool = True) -> DatasetRep
     repo = DatasetRepo(path)
     if must_exist:
         if not repo.exists():
-            raise RepoError(f"{path} is not a dataset repo (no {CARD} with a `configs:` list); "
-                            "create one with `spanpref import ...`")  # fmt: skip
+            raise RepoError(
+                f"{path} is not a dataset repo (no {CARD} with a `configs:` list); "
+                "create one with `spanpref import ...`"
+            )
         if not repo.config_entries():  # a card that does not parse raises here, naming the line
-            raise RepoError(f"{repo.path / CARD} lists no configs. {_CARD_ADVICE} Add the list (e.g. "
-                            "`configs: [{config_name: documents, data_files: data/documents/*.parquet}]`), or "
-                            "create the repo with `spanpref import ...`")  # fmt: skip
+            raise RepoError(
+                f"{repo.path / CARD} lists no configs. {_CARD_ADVICE} Add the list (e.g. "
+                "`configs: [{config_name: documents, data_files: data/documents/*.parquet}]`), or "
+                "create the repo with `spanpref import ...`"
+            )
     return repo
 
 
@@ -519,9 +570,16 @@ def push_repo(
 ) -> str:
     """Upload a repo folder unchanged to the Hub as a dataset repo; returns the commit URL."""
     repo = open_repo(folder)
-    return push_folder(repo.path, repo_id, repo_type="dataset", private=private, token=token, revision=revision,
-                       commit_message=commit_message or f"spanpref: upload {', '.join(repo.config_names())}",
-                       api=api)  # fmt: skip
+    return push_folder(
+        repo.path,
+        repo_id,
+        repo_type="dataset",
+        private=private,
+        token=token,
+        revision=revision,
+        commit_message=commit_message or f"spanpref: upload {', '.join(repo.config_names())}",
+        api=api,
+    )
 
 
 def push_folder(

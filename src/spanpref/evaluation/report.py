@@ -61,8 +61,9 @@ def build_comparison_table(comparisons: Iterable[Mapping[str, Any]]) -> tuple[np
     for c in comparisons:
         a, b, choice = c["response_a"], c["response_b"], c["choice"]
         if choice not in schema.CHOICES:
-            raise ValueError(f"comparison {c.get('comparison_id')!r}: choice {choice!r} is not one of "
-                             f"{list(schema.CHOICES)}")  # fmt: skip
+            raise ValueError(
+                f"comparison {c.get('comparison_id')!r}: choice {choice!r} is not one of {list(schema.CHOICES)}"
+            )
         if a > b:
             a, b = b, a
             choice = {schema.CHOICE_A: schema.CHOICE_B, schema.CHOICE_B: schema.CHOICE_A}.get(choice, choice)
@@ -118,8 +119,9 @@ class TimeSummary:
 def summarize_times(what: str, seconds: Sequence[float | None]) -> TimeSummary:
     kept, _ = drop_time_outliers([s for s in seconds if s is not None])
     n = sum(s is not None for s in seconds)
-    return TimeSummary(what, n, len(kept), float(kept.mean()) if len(kept) else None,
-                       float(np.median(kept)) if len(kept) else None)  # fmt: skip
+    return TimeSummary(
+        what, n, len(kept), float(kept.mean()) if len(kept) else None, float(np.median(kept)) if len(kept) else None
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -145,8 +147,10 @@ class EvalReport:
         if not judges:
             return "_no judgments to rate_"
         by = {j: {r.model: r for r in self.ratings[j]} for j in judges}
-        models = sorted({m for j in judges for m in by[j]},
-                        key=lambda m: tuple(by[j][m].rating if m in by[j] else -np.inf for j in judges))  # fmt: skip
+        models = sorted(
+            {m for j in judges for m in by[j]},
+            key=lambda m: tuple(by[j][m].rating if m in by[j] else -np.inf for j in judges),
+        )
         head = ["Method"] + [f"Elo ({'humans' if j in self.human_judges else 'machine'}: {j})" for j in judges]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in models:
@@ -163,10 +167,17 @@ class EvalReport:
         return "\n".join(lines)
 
     def markdown(self, plot_name: str | None = None) -> str:
-        parts = ["# Evaluation report", "", "## Elo ratings", "",
-                 "Bradley–Terry (Elo) ratings, mean 1500; in brackets the bootstrap 95% interval of each model's "
-                 "difference from the best model in that column (prompts resampled with replacement).", "",
-                 self.table2(), ""]  # fmt: skip
+        parts = [
+            "# Evaluation report",
+            "",
+            "## Elo ratings",
+            "",
+            "Bradley–Terry (Elo) ratings, mean 1500; in brackets the bootstrap 95% interval of each model's "
+            "difference from the best model in that column (prompts resampled with replacement).",
+            "",
+            self.table2(),
+            "",
+        ]
         counts = ", ".join(f"{j}: {sum(r.n_judgments for r in rs) // 2} judgments" for j, rs in self.ratings.items())
         if counts:
             parts += [f"Judgments with a verdict: {counts}.", ""]
@@ -175,20 +186,27 @@ class EvalReport:
         parts += ["## Agreement between judges", ""]
         if self.agreement:
             parts += ["| Judge 1 | Judge 2 | Pairs both judged | Agreement |", "|---|---|---|---|"]
-            parts += [f"| {a['judge_1']} | {a['judge_2']} | {a['pairs']} | {a['agreement']:.1%} |"
-                      for a in self.agreement]  # fmt: skip
+            parts += [
+                f"| {a['judge_1']} | {a['judge_2']} | {a['pairs']} | {a['agreement']:.1%} |" for a in self.agreement
+            ]
         else:
             parts.append("_no pair was judged by two judges_")
         parts += ["", "## Annotators", ""]
         if self.fleiss_kappa is not None:
-            parts.append(f"Fleiss' κ of the A/B choices (a, b, tie) over {self.kappa_items} comparison(s) judged by "
-                         f"two or more annotators: **{self.fleiss_kappa:.2f}**.")  # fmt: skip
+            parts.append(
+                f"Fleiss' κ of the A/B choices (a, b, tie) over {self.kappa_items} comparison(s) judged by "
+                f"two or more annotators: **{self.fleiss_kappa:.2f}**."
+            )
         else:
             parts.append("Fleiss' κ: no comparison was judged by two or more annotators.")
         parts.append("")
         if self.times:
-            parts += ["Annotation time, omitting outliers more than 1.5 × IQR from the median:", "",
-                      "| Task | Items with a time | Kept | Mean (s) | Median (s) |", "|---|---|---|---|---|"]  # fmt: skip
+            parts += [
+                "Annotation time, omitting outliers more than 1.5 × IQR from the median:",
+                "",
+                "| Task | Items with a time | Kept | Mean (s) | Median (s) |",
+                "|---|---|---|---|---|",
+            ]
             for t in self.times:
                 mean = f"{t.mean:.0f}" if t.mean is not None else "–"
                 median = f"{t.median:.0f}" if t.median is not None else "–"
@@ -199,8 +217,14 @@ class EvalReport:
         return "\n".join(parts).rstrip() + "\n"
 
 
-def build_report(folder: str | os.PathLike, *, rounds: int = 1000, seed: int = 0, prior: float = 0.0,
-                 human_judges: Sequence[str] = ("human",)) -> EvalReport:  # fmt: skip
+def build_report(
+    folder: str | os.PathLike,
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+    prior: float = 0.0,
+    human_judges: Sequence[str] = ("human",),
+) -> EvalReport:
     repo = open_repo(folder)
     if not repo.has(schema.JUDGMENTS):
         raise RepoError(f"{folder} has no judgments config; run `spanpref eval judge` or collect votes in the arena")
@@ -213,8 +237,9 @@ def build_report(folder: str | os.PathLike, *, rounds: int = 1000, seed: int = 0
         except ValueError as e:
             notes.append(f"judge {judge}: no ratings ({e})")
             logger.warning("judge %s: no ratings: %s", judge, e)
-    report = EvalReport(ratings=ratings, human_judges=list(human_judges), notes=notes,
-                        agreement=compute_judge_agreement(judgments))  # fmt: skip
+    report = EvalReport(
+        ratings=ratings, human_judges=list(human_judges), notes=notes, agreement=compute_judge_agreement(judgments)
+    )
     if repo.has(schema.COMPARISONS):
         comparisons = repo.read(schema.COMPARISONS)
         table, items = build_comparison_table(comparisons)
@@ -242,8 +267,9 @@ def plot_ratings(report: EvalReport, path: str | os.PathLike) -> Path:
     if not judges:
         raise ValueError("no ratings to plot")
     models = sorted({r.model for j in judges for r in report.ratings[j]})
-    fig, axes = plt.subplots(1, len(judges), figsize=(4.5 * len(judges), 0.5 * len(models) + 1.8), squeeze=False,
-                             sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(judges), figsize=(4.5 * len(judges), 0.5 * len(models) + 1.8), squeeze=False, sharey=True
+    )
     for ax, judge in zip(axes[0], judges, strict=True):
         by = {r.model: r for r in report.ratings[judge]}
         ys = [k for k, m in enumerate(models) if m in by]
@@ -283,5 +309,14 @@ def write_report(
     return md, png
 
 
-__all__ = ["EvalReport", "build_comparison_table", "build_report", "compute_fleiss_kappa",
-           "compute_judge_agreement", "drop_time_outliers", "plot_ratings", "summarize_times", "write_report"]  # fmt: skip
+__all__ = [
+    "EvalReport",
+    "build_comparison_table",
+    "build_report",
+    "compute_fleiss_kappa",
+    "compute_judge_agreement",
+    "drop_time_outliers",
+    "plot_ratings",
+    "summarize_times",
+    "write_report",
+]

@@ -42,17 +42,21 @@ class RLArguments:
 
     model_name_or_path: str = field(
         default="default",
-        metadata={"help": "policy to train: `default` (bundled SmolLM2-135M-Instruct), `tiny`, or any "
-                  "causal LM id/path; the frozen reference is a copy of it"},
-    )  # fmt: skip
+        metadata={
+            "help": "policy to train: `default` (bundled SmolLM2-135M-Instruct), `tiny`, or any "
+            "causal LM id/path; the frozen reference is a copy of it"
+        },
+    )
     dataset_name: str = field(
         default="outputs/qa_feedback", metadata={"help": "dataset repo whose queries config gives the prompts"}
     )
     prompt: str = field(
         default="query",
-        metadata={"help": "`query`: the question alone as the user message; or a prompt name/file under "
-                  "recipes/prompts with {{query}} and {{text}} (the document) slots"},
-    )  # fmt: skip
+        metadata={
+            "help": "`query`: the question alone as the user message; or a prompt name/file under "
+            "recipes/prompts with {{query}} and {{text}} (the document) slots"
+        },
+    )
     max_document_chars: int = field(
         default=2000, metadata={"help": "cut documents in prompts to this many characters"}
     )
@@ -64,14 +68,18 @@ class RLArguments:
     )
     reward_weights: list[float] | None = field(
         default=None,
-        metadata={"help": "one weight per reward model, in order (default: each model's group weight, e.g. 0.3 "
-                  "relevance, 0.5 factuality, 0.3 completeness)"},
-    )  # fmt: skip
+        metadata={
+            "help": "one weight per reward model, in order (default: each model's group weight, e.g. 0.3 "
+            "relevance, 0.5 factuality, 0.3 completeness)"
+        },
+    )
     pattern: str | None = field(
         default=None,
-        metadata={"help": "also reward words matching this regular expression (a toy reward model; see "
-                  "spanpref.rewards.dense.PatternScorer)"},
-    )  # fmt: skip
+        metadata={
+            "help": "also reward words matching this regular expression (a toy reward model; see "
+            "spanpref.rewards.dense.PatternScorer)"
+        },
+    )
     pattern_weight: float = field(default=1.0, metadata={"help": "weight of the pattern reward"})
     pattern_level: str = field(default="sub_sentence", metadata={"help": "segment level of the pattern reward"})
     reward_mode: str = field(
@@ -136,8 +144,17 @@ def compute_gae(rewards, values, mask, gamma: float, lam: float):
     return adv, (adv + values) * mask
 
 
-def ppo_losses(new_logprobs, old_logprobs, advantages, new_values, old_values, returns, mask, cliprange: float,
-               cliprange_value: float) -> dict[str, Any]:  # fmt: skip
+def ppo_losses(
+    new_logprobs,
+    old_logprobs,
+    advantages,
+    new_values,
+    old_values,
+    returns,
+    mask,
+    cliprange: float,
+    cliprange_value: float,
+) -> dict[str, Any]:
     """Clipped PPO policy loss and clipped value loss (token means over the mask), with diagnostics."""
     import torch
 
@@ -145,9 +162,12 @@ def ppo_losses(new_logprobs, old_logprobs, advantages, new_values, old_values, r
     pg = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cliprange, 1 + cliprange))
     v_clipped = old_values + (new_values - old_values).clamp(-cliprange_value, cliprange_value)
     vf = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2)
-    return {"policy_loss": masked_mean(pg, mask), "value_loss": masked_mean(vf, mask),
-            "clipfrac": masked_mean((torch.abs(ratio - 1) > cliprange).float(), mask),
-            "approx_kl": masked_mean(0.5 * (new_logprobs - old_logprobs) ** 2, mask)}  # fmt: skip
+    return {
+        "policy_loss": masked_mean(pg, mask),
+        "value_loss": masked_mean(vf, mask),
+        "clipfrac": masked_mean((torch.abs(ratio - 1) > cliprange).float(), mask),
+        "approx_kl": masked_mean(0.5 * (new_logprobs - old_logprobs) ** 2, mask),
+    }
 
 
 def logprobs_of(logits, tokens, temperature: float = 1.0):
@@ -190,8 +210,13 @@ def build_policy_with_value(policy):
 
         def forward(self, input_ids, attention_mask):
             position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-            out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              output_hidden_states=True, use_cache=False)  # fmt: skip
+            out = self.policy(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=True,
+                use_cache=False,
+            )
             values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1)
             return out.logits, values
 
@@ -217,8 +242,10 @@ def load_prompts(args: RLArguments) -> list[dict[str, str]]:
         from spanpref.prompts import load_prompt, truncate_text
 
         template = load_prompt(args.prompt)
-        documents = {d["doc_id"]: truncate_text(d["text"], args.max_document_chars)
-                     for d in load_rows(args.dataset_name, schema.DOCUMENTS)}  # fmt: skip
+        documents = {
+            d["doc_id"]: truncate_text(d["text"], args.max_document_chars)
+            for d in load_rows(args.dataset_name, schema.DOCUMENTS)
+        }
     out = []
     for q in queries:
         doc = documents.get(q["doc_id"], "")
@@ -243,8 +270,9 @@ def build_components(args: RLArguments, device=None) -> list:
         weight = args.reward_weights[i] if args.reward_weights is not None else rm.group.weight
         components.append(RewardComponent(rm, weight, args.reward_mode))
     if args.pattern:
-        components.append(RewardComponent(PatternScorer(args.pattern, args.pattern_level), args.pattern_weight,
-                                          "prob"))  # fmt: skip
+        components.append(
+            RewardComponent(PatternScorer(args.pattern, args.pattern_level), args.pattern_weight, "prob")
+        )
     if not components:
         raise ValueError("no reward: give reward_models (folders from `spanpref rewards train`) and/or a pattern")
     return components
@@ -272,8 +300,9 @@ def _left_pad(rows: list[list[int]], pad_id: int):
     return ids, mask
 
 
-def train_rl(args: RLArguments, *, components: list | None = None, prompts: list[dict[str, str]] | None = None
-             ) -> dict[str, Any]:  # fmt: skip
+def train_rl(
+    args: RLArguments, *, components: list | None = None, prompts: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
     """Run PPO; returns {history: [per-step metrics], ...} (also written under `output_dir`).
 
     `components` and `prompts` replace the ones built from `args` (for toy setups and tests)."""
@@ -313,8 +342,14 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
         ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
         encoded.append(ids[-args.max_prompt_length :])
 
-    eos_ids = sorted({i for i in [tokenizer.eos_token_id, getattr(policy.generation_config, "eos_token_id", None)]
-                      for i in (i if isinstance(i, list) else [i]) if i is not None})  # fmt: skip
+    eos_ids = sorted(
+        {
+            i
+            for i in [tokenizer.eos_token_id, getattr(policy.generation_config, "eos_token_id", None)]
+            for i in (i if isinstance(i, list) else [i])
+            if i is not None
+        }
+    )
     rng = np.random.default_rng(args.seed + 1000 * accelerator.process_index)
     history: list[dict[str, Any]] = []
     hist_file = out_dir / HISTORY_FILE
@@ -330,26 +365,38 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
         unwrapped.eval()
         with torch.no_grad():
             torch.manual_seed(args.seed * 100_003 + step * 1009 + accelerator.process_index)
-            gen = unwrapped.policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
-                                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                            top_k=args.top_k, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
-                                            eos_token_id=eos_ids)  # fmt: skip
+            gen = unwrapped.policy.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                do_sample=True,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=1.0,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos_ids,
+            )
         P = prompt_ids.shape[1]
         response = gen[:, P:]
         if response.shape[1] == 0:
             raise RuntimeError("the policy generated no tokens")
         mask = response_mask(response, eos_ids).to(accelerator.device)
         # the reward text is the response without its stop token
-        content = [[int(t) for t, m in zip(row, mrow, strict=True) if m and int(t) not in eos_ids]
-                   for row, mrow in zip(response.tolist(), mask.tolist(), strict=True)]  # fmt: skip
+        content = [
+            [int(t) for t, m in zip(row, mrow, strict=True) if m and int(t) not in eos_ids]
+            for row, mrow in zip(response.tolist(), mask.tolist(), strict=True)
+        ]
         queries = [prompts[i]["query"] for i in batch_idx]
         documents = [prompts[i]["document"] for i in batch_idx]
         dense, seg_rewards, texts = compute_dense_rewards(components, tokenizer, queries, content, documents)
         scores = torch.zeros(response.shape, dtype=torch.float32)
         for b, d in enumerate(dense):
             # content tokens are the masked tokens minus the stop token, in order
-            positions = [t for t, (tok, m) in enumerate(zip(response[b].tolist(), mask[b].tolist(), strict=True))
-                         if m and tok not in eos_ids]  # fmt: skip
+            positions = [
+                t
+                for t, (tok, m) in enumerate(zip(response[b].tolist(), mask[b].tolist(), strict=True))
+                if m and tok not in eos_ids
+            ]
             for pos, r in zip(positions, d, strict=True):
                 scores[b, pos] = float(r)
         scores = scores.to(accelerator.device)
@@ -379,9 +426,17 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
                 with accelerator.accumulate(model):
                     logits, values = model(full_ids[mb], full_mask[mb])
                     new_logprobs = logprobs_of(logits[:, P - 1 : -1], response[mb], args.temperature)
-                    losses = ppo_losses(new_logprobs, old_logprobs[mb], advantages[mb], values[:, P - 1 : -1].float(),
-                                        old_values[mb], returns[mb], mask_f[mb], args.cliprange,
-                                        args.cliprange_value)  # fmt: skip
+                    losses = ppo_losses(
+                        new_logprobs,
+                        old_logprobs[mb],
+                        advantages[mb],
+                        values[:, P - 1 : -1].float(),
+                        old_values[mb],
+                        returns[mb],
+                        mask_f[mb],
+                        args.cliprange,
+                        args.cliprange_value,
+                    )
                     loss = losses["policy_loss"] + args.vf_coef * losses["value_loss"]
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
@@ -394,14 +449,24 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
         # per-response sums, gathered over processes
         per_resp = torch.stack([scores.sum(1), kl.sum(1), mask_f.sum(1)], dim=1)
         comp_names = [c.scorer.name for c in components]
-        per_comp = torch.tensor([[sum(r.reward for r in sr if r.component == n) for n in comp_names]
-                                 for sr in seg_rewards], dtype=torch.float32, device=accelerator.device)  # fmt: skip
+        per_comp = torch.tensor(
+            [[sum(r.reward for r in sr if r.component == n) for n in comp_names] for sr in seg_rewards],
+            dtype=torch.float32,
+            device=accelerator.device,
+        )
         gathered = accelerator.gather(per_resp).cpu().numpy()
         gathered_comp = accelerator.gather(per_comp).cpu().numpy()
-        record = {"step": step + 1, "rollouts": int(gathered.shape[0]), "reward": float(gathered[:, 0].mean()), "reward_std": float(gathered[:, 0].std()),
-                  "kl": float(gathered[:, 1].mean()), "response_tokens": float(gathered[:, 2].mean()),
-                  **{f"reward/{n}": float(gathered_comp[:, j].mean()) for j, n in enumerate(comp_names)},
-                  **{k: float(np.mean(v)) for k, v in stats.items()}, "seconds": time.perf_counter() - t0}  # fmt: skip
+        record = {
+            "step": step + 1,
+            "rollouts": int(gathered.shape[0]),
+            "reward": float(gathered[:, 0].mean()),
+            "reward_std": float(gathered[:, 0].std()),
+            "kl": float(gathered[:, 1].mean()),
+            "response_tokens": float(gathered[:, 2].mean()),
+            **{f"reward/{n}": float(gathered_comp[:, j].mean()) for j, n in enumerate(comp_names)},
+            **{k: float(np.mean(v)) for k, v in stats.items()},
+            "seconds": time.perf_counter() - t0,
+        }
         if args.pattern:
             record["pattern_frequency"] = pattern_frequency(texts, args.pattern)
         record["samples"] = [{"query": q, "response": t} for q, t in zip(queries, texts, strict=True)][
@@ -411,12 +476,23 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
         if accelerator.is_main_process:
             with hist_file.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            logger.info("step %d: reward %.3f  kl %.3f  tokens %.1f  (%.1f s)", record["step"], record["reward"],
-                        record["kl"], record["response_tokens"], record["seconds"])  # fmt: skip
+            logger.info(
+                "step %d: reward %.3f  kl %.3f  tokens %.1f  (%.1f s)",
+                record["step"],
+                record["reward"],
+                record["kl"],
+                record["response_tokens"],
+                record["seconds"],
+            )
 
-    results = {"steps": args.steps, "processes": accelerator.num_processes, "seconds": time.perf_counter() - started, "history": history,
-               "reward_first": history[0]["reward"] if history else None,
-               "reward_last": history[-1]["reward"] if history else None}  # fmt: skip
+    results = {
+        "steps": args.steps,
+        "processes": accelerator.num_processes,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+        "reward_first": history[0]["reward"] if history else None,
+        "reward_last": history[-1]["reward"] if history else None,
+    }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
@@ -425,8 +501,10 @@ def train_rl(args: RLArguments, *, components: list | None = None, prompts: list
 
             unwrapped.policy.save_pretrained(out_dir / "policy")
             tokenizer.save_pretrained(out_dir / "policy")
-            save_file({k: v.contiguous() for k, v in unwrapped.value_head.state_dict().items()},
-                      str(out_dir / "policy" / VALUE_HEAD_FILE))  # fmt: skip
+            save_file(
+                {k: v.contiguous() for k, v in unwrapped.value_head.state_dict().items()},
+                str(out_dir / "policy" / VALUE_HEAD_FILE),
+            )
         if args.plot and history:
             results["plot"] = str(plot_reward_curve(history, out_dir / PLOT_FILE))
         summary = {k: v for k, v in results.items() if k != "history"}

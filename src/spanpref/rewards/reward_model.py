@@ -55,9 +55,11 @@ class RewardModelArguments:
 
     dataset_name: str = field(
         default="outputs/qa_feedback",
-        metadata={"help": "dataset repo with annotations, responses and queries (documents too for "
-                  "context=query_document): a folder or a Hub dataset id"},
-    )  # fmt: skip
+        metadata={
+            "help": "dataset repo with annotations, responses and queries (documents too for "
+            "context=query_document): a folder or a Hub dataset id"
+        },
+    )
     groups: str = field(
         default="default",
         metadata={"help": "reward group config: a bundled name (recipes/rewards/groups/<name>.yaml) or a YAML file"},
@@ -85,14 +87,18 @@ class RewardModelArguments:
     )
     freeze_backbone: bool = field(
         default=False,
-        metadata={"help": "train only the classification head on hidden states computed once (fast on CPU); "
-                  "false: fine-tune the whole model (or its LoRA adapters)"},
-    )  # fmt: skip
+        metadata={
+            "help": "train only the classification head on hidden states computed once (fast on CPU); "
+            "false: fine-tune the whole model (or its LoRA adapters)"
+        },
+    )
     backbone_layers: int | None = field(
         default=None,
-        metadata={"help": "keep only the first N transformer layers of the backbone (smaller, faster reward model; "
-                  "middle layers often carry the most useful features); default: all"},
-    )  # fmt: skip
+        metadata={
+            "help": "keep only the first N transformer layers of the backbone (smaller, faster reward model; "
+            "middle layers often carry the most useful features); default: all"
+        },
+    )
     feature_batch_size: int = field(
         default=8, metadata={"help": "examples per forward pass when computing hidden states (freeze_backbone)"}
     )
@@ -152,8 +158,15 @@ def load_annotated_responses(source: str, *, with_documents: bool = False) -> li
             if query["doc_id"] not in documents:
                 raise ValueError(f"{where}: document {query['doc_id']!r} is not in the documents config")
             document = documents[query["doc_id"]]["text"]
-        out.append({"annotation": a, "response": response["text"], "query_id": query["query_id"],
-                    "query": query["query"], "document": document})  # fmt: skip
+        out.append(
+            {
+                "annotation": a,
+                "response": response["text"],
+                "query_id": query["query_id"],
+                "query": query["query"],
+                "document": document,
+            }
+        )
     return out
 
 
@@ -165,15 +178,24 @@ def build_reward_examples(
     for row in joined:
         a = row["annotation"]
         if taxonomy_key and a.get("taxonomy") and a["taxonomy"] != taxonomy_key:
-            raise ValueError(f"annotation {a['annotation_id']}: reasons come from taxonomy {a['taxonomy']}, the reward "
-                             f"groups from {taxonomy_key}; give a group config written for {a['taxonomy']}")  # fmt: skip
+            raise ValueError(
+                f"annotation {a['annotation_id']}: reasons come from taxonomy {a['taxonomy']}, the reward "
+                f"groups from {taxonomy_key}; give a group config written for {a['taxonomy']}"
+            )
         segments = split_segments(row["response"], group.level)
         if not segments:
             continue
-        out.append(RewardExample(annotation_id=a["annotation_id"], query_id=row["query_id"], query=row["query"],
-                                 response=row["response"], segments=segments,
-                                 labels=label_segments(row["response"], a, group, segments),
-                                 document=row["document"]))  # fmt: skip
+        out.append(
+            RewardExample(
+                annotation_id=a["annotation_id"],
+                query_id=row["query_id"],
+                query=row["query"],
+                response=row["response"],
+                segments=segments,
+                labels=label_segments(row["response"], a, group, segments),
+                document=row["document"],
+            )
+        )
     return out
 
 
@@ -207,8 +229,9 @@ def segment_end_tokens(offsets: Sequence[tuple[int, int]], ends: Sequence[int]) 
     return out
 
 
-def encode_for_scoring(tokenizer, prefix: str, response: str, segments: Sequence[Segment],
-                       max_length: int) -> tuple[list[int], list[int]]:  # fmt: skip
+def encode_for_scoring(
+    tokenizer, prefix: str, response: str, segments: Sequence[Segment], max_length: int
+) -> tuple[list[int], list[int]]:
     """(input ids, position of each segment's last token), truncated from the left to `max_length` tokens."""
     enc = tokenizer(prefix + response, return_offsets_mapping=True, add_special_tokens=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
@@ -245,8 +268,13 @@ def compute_segment_metrics(predictions: Sequence[int], labels: Sequence[int]) -
         fp, fn = int(((pred == cls) & (gold != cls)).sum()), int(((pred != cls) & (gold == cls)).sum())
         return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
-    return {"accuracy": float((pred == gold).mean()) if len(gold) else 0.0, "f1_error": f1(1),
-            "macro_f1": (f1(0) + f1(1)) / 2, "segments": int(len(gold)), "error_rate": float(gold.mean()) if len(gold) else 0.0}  # fmt: skip
+    return {
+        "accuracy": float((pred == gold).mean()) if len(gold) else 0.0,
+        "f1_error": f1(1),
+        "macro_f1": (f1(0) + f1(1)) / 2,
+        "segments": int(len(gold)),
+        "error_rate": float(gold.mean()) if len(gold) else 0.0,
+    }
 
 
 def majority_baseline(train_labels: Sequence[int], eval_labels: Sequence[int]) -> dict[str, float]:
@@ -285,8 +313,9 @@ def _loss_func(weights):
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
         w = None if weights is None else weights.to(logits.device)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), weight=w,
-                               ignore_index=IGNORE)  # fmt: skip
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), weight=w, ignore_index=IGNORE
+        )
 
     return loss
 
@@ -305,8 +334,9 @@ def load_token_classifier(model_path: str, args: RewardModelArguments, model_arg
     dtype = getattr(model_args, "dtype", None)
     if dtype and dtype != "auto":
         kwargs["dtype"] = getattr(torch, dtype)
-    model = AutoModelForTokenClassification.from_pretrained(model_path, revision=getattr(model_args, "model_revision", None),
-                                                            **kwargs)  # fmt: skip
+    model = AutoModelForTokenClassification.from_pretrained(
+        model_path, revision=getattr(model_args, "model_revision", None), **kwargs
+    )
     model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
 
@@ -363,12 +393,15 @@ def compute_hidden_states(
 def _flat_features(encoded, features) -> dict[str, Any]:
     rows = [f for f in features if len(f)]
     labels = [label for e in encoded for label in e["labels"] if label != IGNORE]
-    return {"features": np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 1), np.float32),
-            "labels": np.asarray(labels, dtype=np.int64)}  # fmt: skip
+    return {
+        "features": np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 1), np.float32),
+        "labels": np.asarray(labels, dtype=np.int64),
+    }
 
 
-def _train_group(group: RewardGroup, train_ex, val_ex, args, training_args, model_args, model_path: str,
-                 cache: dict) -> tuple[Any, Any, dict[str, Any]]:  # fmt: skip
+def _train_group(
+    group: RewardGroup, train_ex, val_ex, args, training_args, model_args, model_path: str, cache: dict
+) -> tuple[Any, Any, dict[str, Any]]:
     """Train one group's model; returns (model, tokenizer, results)."""
     import datasets
     import torch
@@ -380,15 +413,24 @@ def _train_group(group: RewardGroup, train_ex, val_ex, args, training_args, mode
     train_labels = [lab for e in train_ex for lab in e.labels]
     val_labels = [lab for e in val_ex for lab in e.labels]
     weights = _class_weights(train_labels) if args.class_weighting else None
-    results: dict[str, Any] = {"group": group.to_dict(), "train_examples": len(train_ex), "eval_examples": len(val_ex),
-                               "train_segments": len(train_labels), "eval_segments": len(val_labels),
-                               "train_error_rate": float(np.mean(train_labels)) if train_labels else 0.0}  # fmt: skip
+    results: dict[str, Any] = {
+        "group": group.to_dict(),
+        "train_examples": len(train_ex),
+        "eval_examples": len(val_ex),
+        "train_segments": len(train_labels),
+        "eval_segments": len(val_labels),
+        "train_error_rate": float(np.mean(train_labels)) if train_labels else 0.0,
+    }
     if val_labels:
         results["baseline"] = majority_baseline(train_labels, val_labels)
 
-    group_args = dataclasses.replace(training_args, output_dir=str(Path(training_args.output_dir) / group.name),
-                                     push_to_hub=False, save_strategy="no",
-                                     eval_strategy="no" if not val_ex else training_args.eval_strategy)  # fmt: skip
+    group_args = dataclasses.replace(
+        training_args,
+        output_dir=str(Path(training_args.output_dir) / group.name),
+        push_to_hub=False,
+        save_strategy="no",
+        eval_strategy="no" if not val_ex else training_args.eval_strategy,
+    )
     started = time.perf_counter()
     if args.freeze_backbone:
         # the backbone is the same for every group: its hidden states are computed once per run
@@ -401,8 +443,11 @@ def _train_group(group: RewardGroup, train_ex, val_ex, args, training_args, mode
             enc_all = [encode_example(tokenizer, e, dataclasses.replace(args)) for e in missing]
             # every token may be a segment end of some level: keep all tokens' states, select per group below
             enc_all = [{**x, "labels": [0] * len(x["input_ids"])} for x in enc_all]
-            for e, h in zip(missing, compute_hidden_states(model, enc_all, args.feature_batch_size,
-                                                           tokenizer.pad_token_id), strict=True):  # fmt: skip
+            for e, h in zip(
+                missing,
+                compute_hidden_states(model, enc_all, args.feature_batch_size, tokenizer.pad_token_id),
+                strict=True,
+            ):
                 feats[e.annotation_id] = h
 
         def select(examples, encoded):
@@ -416,9 +461,14 @@ def _train_group(group: RewardGroup, train_ex, val_ex, args, training_args, mode
         train_ds = datasets.Dataset.from_dict(_flat_features(enc_train, select(train_ex, enc_train)))
         val_ds = datasets.Dataset.from_dict(_flat_features(enc_val, select(val_ex, enc_val))) if val_ex else None
         head = _Head.build(model.score)
-        trainer = Trainer(model=head, args=group_args, train_dataset=train_ds.with_format("torch"),
-                          eval_dataset=val_ds.with_format("torch") if val_ds is not None else None,
-                          compute_loss_func=_loss_func(weights), compute_metrics=_metrics_from_eval)  # fmt: skip
+        trainer = Trainer(
+            model=head,
+            args=group_args,
+            train_dataset=train_ds.with_format("torch"),
+            eval_dataset=val_ds.with_format("torch") if val_ds is not None else None,
+            compute_loss_func=_loss_func(weights),
+            compute_metrics=_metrics_from_eval,
+        )
         train_result = trainer.train()
         with torch.no_grad():
             model.score.load_state_dict(head.score.state_dict())
@@ -434,9 +484,15 @@ def _train_group(group: RewardGroup, train_ex, val_ex, args, training_args, mode
             model = get_peft_model(model, peft_config)
         train_ds = datasets.Dataset.from_list(enc_train)
         val_ds = datasets.Dataset.from_list(enc_val) if enc_val else None
-        trainer = Trainer(model=model, args=group_args, train_dataset=train_ds, eval_dataset=val_ds,
-                          data_collator=DataCollatorForTokenClassification(tokenizer),
-                          compute_loss_func=_loss_func(weights), compute_metrics=_metrics_from_eval)  # fmt: skip
+        trainer = Trainer(
+            model=model,
+            args=group_args,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            data_collator=DataCollatorForTokenClassification(tokenizer),
+            compute_loss_func=_loss_func(weights),
+            compute_metrics=_metrics_from_eval,
+        )
         train_result = trainer.train()
         if peft_config is not None:
             model = model.merge_and_unload()
@@ -486,21 +542,47 @@ def train_reward_models(args: RewardModelArguments, training_args, model_args, *
         )
         results["groups"][group.name] = res
         if main_process:  # under `accelerate launch` every rank trained; one writes and pushes
-            _save_group(out_dir / group.name, model, tokenizer, group, res, args, training_args, base_model,
-                        group_config.taxonomy, api)  # fmt: skip
+            _save_group(
+                out_dir / group.name,
+                model,
+                tokenizer,
+                group,
+                res,
+                args,
+                training_args,
+                base_model,
+                group_config.taxonomy,
+                api,
+            )
     if main_process:
         write_json(out_dir / RESULTS_FILE, results)
     return results
 
 
-def _save_group(folder: Path, model, tokenizer, group: RewardGroup, res: dict[str, Any], args, training_args,
-                base_model: str, taxonomy: str, api: Any) -> None:  # fmt: skip
+def _save_group(
+    folder: Path,
+    model,
+    tokenizer,
+    group: RewardGroup,
+    res: dict[str, Any],
+    args,
+    training_args,
+    base_model: str,
+    taxonomy: str,
+    api: Any,
+) -> None:
     """A group's model folder: weights, tokenizer, `spanpref_reward.json`, model card; pushed if asked."""
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    meta = {"group": group.to_dict(), "taxonomy": taxonomy, "context": args.context,
-            "max_document_chars": args.max_document_chars, "max_length": args.max_length, "base_model": base_model,
-            "id2label": ID2LABEL}  # fmt: skip
+    meta = {
+        "group": group.to_dict(),
+        "taxonomy": taxonomy,
+        "context": args.context,
+        "max_document_chars": args.max_document_chars,
+        "max_length": args.max_length,
+        "base_model": base_model,
+        "id2label": ID2LABEL,
+    }
     (folder / REWARD_META_FILE).write_text(json.dumps(meta, indent=2))
     card = render_reward_model_card(group, res, args, training_args, base_model, taxonomy)
     (folder / "README.md").write_text(card, encoding="utf-8")
@@ -508,9 +590,15 @@ def _save_group(folder: Path, model, tokenizer, group: RewardGroup, res: dict[st
         from spanpref.repo import push_folder
 
         repo_id = f"{training_args.hub_model_id or folder.parent.name}-{group.name}"
-        res["pushed"] = push_folder(folder, repo_id, repo_type="model", token=training_args.hub_token,
-                                    private=bool(training_args.hub_private_repo), api=api,
-                                    commit_message=f"spanpref: {group.name} reward model")  # fmt: skip
+        res["pushed"] = push_folder(
+            folder,
+            repo_id,
+            repo_type="model",
+            token=training_args.hub_token,
+            private=bool(training_args.hub_private_repo),
+            api=api,
+            commit_message=f"spanpref: {group.name} reward model",
+        )
         logger.info("pushed %s to %s", folder, res["pushed"])
 
 
@@ -518,27 +606,35 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v)
 
 
-def render_reward_model_card(group: RewardGroup, res: dict[str, Any], args: RewardModelArguments, training_args,
-                             base_model: str, taxonomy: str) -> str:  # fmt: skip
+def render_reward_model_card(
+    group: RewardGroup, res: dict[str, Any], args: RewardModelArguments, training_args, base_model: str, taxonomy: str
+) -> str:
     """A model card: what the model predicts, the data, the validation metrics against the majority baseline."""
     import transformers
 
     from spanpref import __version__
 
-    meta = {"library_name": "transformers", "pipeline_tag": "token-classification", "base_model": base_model,
-            "datasets": [args.dataset_name], "tags": ["spanpref", "reward-model", "fine-grained-rlhf", group.name]}  # fmt: skip
+    meta = {
+        "library_name": "transformers",
+        "pipeline_tag": "token-classification",
+        "base_model": base_model,
+        "datasets": [args.dataset_name],
+        "tags": ["spanpref", "reward-model", "fine-grained-rlhf", group.name],
+    }
     ev, base = res.get("eval") or {}, res.get("baseline") or {}
     rows = "\n".join(
         f"| {m} | {_fmt(ev.get(m))} | {_fmt(base.get(m))} |" for m in ("accuracy", "f1_error", "macro_f1")
     )
-    method = ("classification head trained on frozen backbone states" if args.freeze_backbone
-              else "full fine-tuning")  # fmt: skip
+    method = "classification head trained on frozen backbone states" if args.freeze_backbone else "full fine-tuning"
     layers = f", first {args.backbone_layers} layers" if args.backbone_layers else ""
     from huggingface_hub import ModelCard
 
     from spanpref.cards import render_card_text
 
-    return render_card_text(ModelCard, meta, f"""# {group.name} span reward model
+    return render_card_text(
+        ModelCard,
+        meta,
+        f"""# {group.name} span reward model
 
 A fine-grained reward model in the style of Fine-Grained RLHF (Wu et al., 2023), trained with
 [spanpref](https://github.com/) on span-level human feedback. It reads the input below and predicts, at the
@@ -576,7 +672,8 @@ from spanpref.rewards.reward_model import SpanRewardModel
 rm = SpanRewardModel("path/or/hub-id")
 rm.error_probs(["<query>"], ["<response>"])  # one P(error) per segment
 ```
-""")
+""",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -600,8 +697,13 @@ class SpanRewardModel:
 
             meta = json.loads(Path(hf_hub_download(str(path), REWARD_META_FILE)).read_text())
         g = meta["group"]
-        self.group = RewardGroup(name=g["name"], level=g["level"], reasons=tuple(g["reasons"]), weight=g["weight"],
-                                 description=g.get("description", ""))  # fmt: skip
+        self.group = RewardGroup(
+            name=g["name"],
+            level=g["level"],
+            reasons=tuple(g["reasons"]),
+            weight=g["weight"],
+            description=g.get("description", ""),
+        )
         self.name, self.level, self.meta = self.group.name, self.group.level, meta
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         if self.tokenizer.pad_token is None:
@@ -616,9 +718,13 @@ class SpanRewardModel:
         self.device = next(self.model.parameters()).device
         return self
 
-    def error_probs(self, queries: Sequence[str], responses: Sequence[str],
-                    segments: Sequence[Sequence[Segment]] | None = None,
-                    documents: Sequence[str] | None = None) -> list[list[float]]:  # fmt: skip
+    def error_probs(
+        self,
+        queries: Sequence[str],
+        responses: Sequence[str],
+        segments: Sequence[Sequence[Segment]] | None = None,
+        documents: Sequence[str] | None = None,
+    ) -> list[list[float]]:
         """P(error) for every segment of every response (segments default to the model's level)."""
         import torch
 

@@ -38,9 +38,11 @@ class ScriptArguments:
     )
     dataset_config: str | None = field(
         default=None,
-        metadata={"help": "config to train on, e.g. pairs_stepwise, pairs_ab, pairs_full_rewrite (dpo) or "
-                  "sft_full_rewrite (sft); default: pairs_stepwise for dpo, sft_full_rewrite for sft"},
-    )  # fmt: skip
+        metadata={
+            "help": "config to train on, e.g. pairs_stepwise, pairs_ab, pairs_full_rewrite (dpo) or "
+            "sft_full_rewrite (sft); default: pairs_stepwise for dpo, sft_full_rewrite for sft"
+        },
+    )
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub revision of the dataset repo"})
     dataset_train_split: str = field(default="train", metadata={"help": "split to train on"})
     dataset_test_split: str = field(
@@ -53,9 +55,11 @@ class ScriptArguments:
     )
     merge_adapters: bool = field(
         default=False,
-        metadata={"help": "with use_peft: save the base model with the LoRA weights merged in (a plain model "
-                  "folder that any stage can load); the adapter alone goes to <output_dir>/adapter"},
-    )  # fmt: skip
+        metadata={
+            "help": "with use_peft: save the base model with the LoRA weights merged in (a plain model "
+            "folder that any stage can load); the adapter alone goes to <output_dir>/adapter"
+        },
+    )
 
 
 # what the bundled default model is, for model cards (it is converted from this model's GGUF)
@@ -134,8 +138,10 @@ def load_splits(script_args: ScriptArguments, stage: str):
     except ValueError as e:
         raise ValueError(f"{script_args.dataset_name}: cannot load config {config!r}: {e}") from e
     if script_args.dataset_train_split not in ds:
-        raise ValueError(f"{script_args.dataset_name} [{config}] has no split {script_args.dataset_train_split!r} "
-                         f"(it has {sorted(ds)}); run `spanpref pairs` with more data or other split proportions")  # fmt: skip
+        raise ValueError(
+            f"{script_args.dataset_name} [{config}] has no split {script_args.dataset_train_split!r} "
+            f"(it has {sorted(ds)}); run `spanpref pairs` with more data or other split proportions"
+        )
     train = ds[script_args.dataset_train_split]
     evaluation = ds.get(script_args.dataset_test_split)
     if script_args.max_train_samples is not None:
@@ -143,8 +149,12 @@ def load_splits(script_args: ScriptArguments, stage: str):
     if evaluation is not None and script_args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(script_args.max_eval_samples, len(evaluation))))
     if evaluation is None:
-        logger.warning("%s [%s] has no %r split: no validation metrics", script_args.dataset_name, config,
-                       script_args.dataset_test_split)  # fmt: skip
+        logger.warning(
+            "%s [%s] has no %r split: no validation metrics",
+            script_args.dataset_name,
+            config,
+            script_args.dataset_test_split,
+        )
     return train, evaluation
 
 
@@ -208,8 +218,10 @@ def _count_truncated(dataset, max_length: int | None) -> int:
         return 0
     if not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(dataset.column_names):
         return 0
-    return sum(len(p) + max(len(c), len(r)) > max_length
-               for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True))  # fmt: skip
+    return sum(
+        len(p) + max(len(c), len(r)) > max_length
+        for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True)
+    )
 
 
 def count_training_rows(trainer, train_ds, eval_ds) -> dict[str, Any]:
@@ -227,22 +239,34 @@ def count_training_rows(trainer, train_ds, eval_ds) -> dict[str, Any]:
             truncated = _count_truncated(used, getattr(trainer.args, "max_length", None))
             if truncated:
                 extra[f"{split}_examples_truncated"] = truncated
-                logger.warning("%s: %d of %d examples are cut at max_length %s (their completions lose the end)",
-                               split, truncated, kept, trainer.args.max_length)  # fmt: skip
+                logger.warning(
+                    "%s: %d of %d examples are cut at max_length %s (their completions lose the end)",
+                    split,
+                    truncated,
+                    kept,
+                    trainer.args.max_length,
+                )
         counts[f"{split}_examples"] = kept
         counts[f"{split}_examples_in_repo"] = n
         counts[f"{split}_examples_dropped"] = n - kept
         counts.update(extra)
         if n - kept:
-            logger.warning("%s: %d of %d examples cannot be trained on untruncated at max_length %s and were "
-                           "dropped (prompt alone fills it, or prompt + response does not fit)", split, n - kept, n,
-                           getattr(trainer.args, "max_length", None))  # fmt: skip
+            logger.warning(
+                "%s: %d of %d examples cannot be trained on untruncated at max_length %s and were "
+                "dropped (prompt alone fills it, or prompt + response does not fit)",
+                split,
+                n - kept,
+                n,
+                getattr(trainer.args, "max_length", None),
+            )
     if grouping is not None:
         counts["grouping"] = grouping
     if counts["train_examples"] == 0:
-        raise SystemExit(f"no training example is left of the {counts['train_examples_in_repo']} in the repo at "
-                         f"max_length {getattr(trainer.args, 'max_length', None)}: raise max_length or cut the "
-                         "documents shorter (`spanpref pairs --max-document-chars`)")  # fmt: skip
+        raise SystemExit(
+            f"no training example is left of the {counts['train_examples_in_repo']} in the repo at "
+            f"max_length {getattr(trainer.args, 'max_length', None)}: raise max_length or cut the "
+            "documents shorter (`spanpref pairs --max-document-chars`)"
+        )
     return counts
 
 
@@ -263,9 +287,11 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     base_model = DEFAULT_BASE_MODEL if requested in DEFAULT_MODEL_ALIASES else requested
     model_args.model_name_or_path = resolve_model(requested)
     push, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, with our card, at the end
-    training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}),
-                                       **({"dtype": model_args.dtype} if model_args.dtype else {}),
-                                       "revision": model_args.model_revision}  # fmt: skip
+    training_args.model_init_kwargs = {
+        **(training_args.model_init_kwargs or {}),
+        **({"dtype": model_args.dtype} if model_args.dtype else {}),
+        "revision": model_args.model_revision,
+    }
     train_ds, eval_ds = load_splits(script_args, stage)
     if eval_ds is None and training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
@@ -276,19 +302,27 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     first_eval = _first_evaluation_callback()
     if not resume and eval_ds is not None and script_args.eval_before_training:
         training_args.eval_on_start = True
-    trainer = trainer_class(model=model_args.model_name_or_path, args=training_args, train_dataset=train_ds,
-                            eval_dataset=eval_ds, peft_config=get_peft_config(model_args),
-                            callbacks=[first_eval])  # fmt: skip
+    trainer = trainer_class(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        peft_config=get_peft_config(model_args),
+        callbacks=[first_eval],
+    )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and trainer.accelerator.num_processes == 1:
         # e.g. an FSDP/DeepSpeed config on a machine without GPUs: every process would train alone, on all the data,
         # and they would overwrite each other's output
-        raise SystemExit(f"launched as {launched} processes, but they did not join one distributed run "
-                         f"({trainer.accelerator.distributed_type}). Without GPUs, launch with `--multi_gpu` and "
-                         "`use_cpu: true` in the recipe (two gloo ranks); with GPUs, check the accelerate config.")  # fmt: skip
+        raise SystemExit(
+            f"launched as {launched} processes, but they did not join one distributed run "
+            f"({trainer.accelerator.distributed_type}). Without GPUs, launch with `--multi_gpu` and "
+            "`use_cpu: true` in the recipe (two gloo ranks); with GPUs, check the accelerate config."
+        )
     main_process = trainer.is_world_process_zero()
-    logger.info("training on %d process(es) (%s)", trainer.accelerator.num_processes,
-                trainer.accelerator.distributed_type)  # fmt: skip
+    logger.info(
+        "training on %d process(es) (%s)", trainer.accelerator.num_processes, trainer.accelerator.distributed_type
+    )
     if main_process:
         save_resolved_config(
             training_args.output_dir, stage=stage, script=script_args, model=model_args, training=training_args
@@ -316,17 +350,30 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
         from spanpref.cards import write_model_card
 
         write_json(Path(training_args.output_dir) / RESULTS_FILE, results)
-        write_model_card(training_args.output_dir, stage=stage, base_model=base_model, script_args=script_args, training_args=training_args,
-                         model_args=model_args, results=results, world_size=trainer.accelerator.num_processes,
-                         launch=describe_launch(trainer.accelerator),
-                         dataset_revision=dataset_fingerprint(script_args, stage))  # fmt: skip
+        write_model_card(
+            training_args.output_dir,
+            stage=stage,
+            base_model=base_model,
+            script_args=script_args,
+            training_args=training_args,
+            model_args=model_args,
+            results=results,
+            world_size=trainer.accelerator.num_processes,
+            launch=describe_launch(trainer.accelerator),
+            dataset_revision=dataset_fingerprint(script_args, stage),
+        )
         if push:
             from spanpref.repo import push_folder
 
             repo_id = training_args.hub_model_id or Path(training_args.output_dir).name
-            url = push_folder(training_args.output_dir, repo_id, repo_type="model", token=training_args.hub_token,
-                              private=bool(training_args.hub_private_repo),
-                              commit_message=f"spanpref: {stage} on {script_args.dataset_name}")  # fmt: skip
+            url = push_folder(
+                training_args.output_dir,
+                repo_id,
+                repo_type="model",
+                token=training_args.hub_token,
+                private=bool(training_args.hub_private_repo),
+                commit_message=f"spanpref: {stage} on {script_args.dataset_name}",
+            )
             logger.info("pushed to %s", url)
             results["pushed"] = url
     trainer.accelerator.wait_for_everyone()

@@ -42,27 +42,36 @@ class SpanprefDPOConfig(DPOConfig):
 
     dpop_lambda: float = field(
         default=50.0,
-        metadata={"help": "DPO-Positive penalty weight lambda (Pal et al. 2024 use 50): how hard a drop of the chosen "
-                  "answer's likelihood below the reference is punished. Only used with loss_type dpo_positive."},
-    )  # fmt: skip
+        metadata={
+            "help": "DPO-Positive penalty weight lambda (Pal et al. 2024 use 50): how hard a drop of the chosen "
+            "answer's likelihood below the reference is punished. Only used with loss_type dpo_positive."
+        },
+    )
     training_mode: str = field(
         default="grouped",
-        metadata={"help": "grouped: all pairs of a prompt are scored from one packed sequence (the prompt once, each "
-                  "distinct response once; exact, and several times fewer tokens on chains and A/B sets); "
-                  "pairwise: TRL's layout, two sequences per pair", "choices": ["grouped", "pairwise"]},
-    )  # fmt: skip
+        metadata={
+            "help": "grouped: all pairs of a prompt are scored from one packed sequence (the prompt once, each "
+            "distinct response once; exact, and several times fewer tokens on chains and A/B sets); "
+            "pairwise: TRL's layout, two sequences per pair",
+            "choices": ["grouped", "pairwise"],
+        },
+    )
     share_prefixes: bool = field(
         default=False,
-        metadata={"help": "grouped mode: responses of a group that begin with the same tokens share them (a trie); "
-                  "pays when responses share long prefixes, as consecutive chain states do"},
-    )  # fmt: skip
+        metadata={
+            "help": "grouped mode: responses of a group that begin with the same tokens share them (a trie); "
+            "pays when responses share long prefixes, as consecutive chain states do"
+        },
+    )
     ref_logps_cache: str | None = field(
         default=None,
-        metadata={"help": "with precompute_ref_log_probs: folder of reference log-probs kept across runs, keyed by a "
-                  "hash of the reference weights, the tokenized pairs and the settings that change them, so runs "
-                  "that share a reference and data (a learning-rate sweep, the four losses on one pair set, a "
-                  "rerun) compute them once. Default: <spanpref cache>/ref_logps; 'none' turns it off."},
-    )  # fmt: skip
+        metadata={
+            "help": "with precompute_ref_log_probs: folder of reference log-probs kept across runs, keyed by a "
+            "hash of the reference weights, the tokenized pairs and the settings that change them, so runs "
+            "that share a reference and data (a learning-rate sweep, the four losses on one pair set, a "
+            "rerun) compute them once. Default: <spanpref cache>/ref_logps; 'none' turns it off."
+        },
+    )
 
     def __post_init__(self):
         if self.training_mode not in TRAINING_MODES:
@@ -111,11 +120,27 @@ class SpanprefDPOTrainer(DPOTrainer):
             return None
         h = hashlib.sha256()
         model = self.ref_model or self.model
-        settings = {name: str(getattr(self.args, name, None)) for name in
-                    ("max_length", "truncation_mode", "padding_free", "pad_to_multiple_of", "use_logits_to_keep",
-                     "bf16", "fp16", "training_mode", "share_prefixes")}  # fmt: skip
-        settings.update(model_hash=self._precompute_model_hash, dtype=str(getattr(model, "dtype", "")),
-                        batch_size=batch_size, trl=TRL_VERSION, torch=torch.__version__)  # fmt: skip
+        settings = {
+            name: str(getattr(self.args, name, None))
+            for name in (
+                "max_length",
+                "truncation_mode",
+                "padding_free",
+                "pad_to_multiple_of",
+                "use_logits_to_keep",
+                "bf16",
+                "fp16",
+                "training_mode",
+                "share_prefixes",
+            )
+        }
+        settings.update(
+            model_hash=self._precompute_model_hash,
+            dtype=str(getattr(model, "dtype", "")),
+            batch_size=batch_size,
+            trl=TRL_VERSION,
+            torch=torch.__version__,
+        )
         h.update(json.dumps(settings, sort_keys=True).encode())
         _hash_dataset(h, dataset)
         key = [h.hexdigest()[:32]]
@@ -182,8 +207,9 @@ class SpanprefDPOTrainer(DPOTrainer):
         if return_outputs or not self._uses_own_loss():
             return super()._compute_loss(model, inputs, return_outputs)
         mode = "train" if self.model.training else "eval"
-        model_kwargs = {k: v for k, v in inputs.items()
-                        if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}}  # fmt: skip
+        model_kwargs = {
+            k: v for k, v in inputs.items() if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
+        }
         model_kwargs["use_cache"] = False
         completion_mask = inputs["completion_mask"]
         seq_len = completion_mask.size(1) - 1  # log-probs are of the shifted sequence
@@ -238,17 +264,22 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
             raise ValueError("grouped training needs its SpanprefDPOConfig passed as args=")
         self.grouping: dict[str, dict[str, int]] = {}
         init = dict(training_args.model_init_kwargs or {})
-        if isinstance(kwargs.get("model", args[0] if args else None), str) and "attn_implementation" not in init \
-                and torch.cuda.is_available() and not training_args.use_cpu:  # fmt: skip
+        if (
+            isinstance(kwargs.get("model", args[0] if args else None), str)
+            and "attn_implementation" not in init
+            and torch.cuda.is_available()
+            and not training_args.use_cpu
+        ):
             # on a GPU a block mask (FlexAttention) skips the masked tiles instead of materialising a dense
             # (rows, 1, L, L) mask for every layer; on CPU the dense mask is the fast path
             init["attn_implementation"] = "flex_attention"
             training_args.model_init_kwargs = init
         if kwargs.get("data_collator") is None:
             kwargs["data_collator"] = DataCollatorForGroups(
-                max_length=training_args.max_length, share_prefixes=training_args.share_prefixes,
+                max_length=training_args.max_length,
+                share_prefixes=training_args.share_prefixes,
                 pad_to_multiple_of=training_args.pad_to_multiple_of,
-            )  # fmt: skip
+            )
         super().__init__(*args, **kwargs)
         if self.eval_dataset is not None and not isinstance(self.eval_dataset, dict) and len(self.eval_dataset) == 0:
             # every validation pair was too long: train without validation rather than fail on an empty split
@@ -256,9 +287,11 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
             self.args.eval_strategy = "no"
             self.args.eval_on_start = False
         if not self._uses_own_loss():
-            raise ValueError(f"grouped training implements the losses {sorted(LOSSES)} without f_divergence_type, "
-                             f"use_weighting, ld_alpha or MoE aux losses (got loss_type {self.loss_types}); set "
-                             "training_mode: pairwise for the others")  # fmt: skip
+            raise ValueError(
+                f"grouped training implements the losses {sorted(LOSSES)} without f_divergence_type, "
+                f"use_weighting, ld_alpha or MoE aux losses (got loss_type {self.loss_types}); set "
+                "training_mode: pairwise for the others"
+            )
         self._attn_implementation(self.model)
 
     def _attn_implementation(self, model) -> str:
@@ -275,31 +308,53 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
         from spanpref.training.grouped import group_pairs
 
         if not isinstance(dataset, Dataset):
-            raise ValueError("grouped training needs a map-style Dataset (pairs are grouped by prompt up front); "
-                             "set training_mode: pairwise for an IterableDataset")  # fmt: skip
+            raise ValueError(
+                "grouped training needs a map-style Dataset (pairs are grouped by prompt up front); "
+                "set training_mode: pairwise for an IterableDataset"
+            )
         # TRL drops pairs whose prompt fills max_length without a word; grouping counts what it cannot fit instead
         max_length, args.max_length = args.max_length, None
         try:
             tokenized = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         finally:
             args.max_length = max_length
-        rows, stats = group_pairs(tokenized.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
-                                  max_length=max_length, share_prefixes=args.share_prefixes)  # fmt: skip
+        rows, stats = group_pairs(
+            tokenized.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]),
+            max_length=max_length,
+            share_prefixes=args.share_prefixes,
+        )
         self.grouping[dataset_name] = stats.to_dict()
-        logger.info("%s: %d pairs in %d groups (%d packed rows, %d tokens per epoch instead of %d pairwise)",
-                    dataset_name, stats.pairs, stats.groups, stats.rows, stats.tokens_grouped,
-                    stats.tokens_pairwise)  # fmt: skip
+        logger.info(
+            "%s: %d pairs in %d groups (%d packed rows, %d tokens per epoch instead of %d pairwise)",
+            dataset_name,
+            stats.pairs,
+            stats.groups,
+            stats.rows,
+            stats.tokens_grouped,
+            stats.tokens_pairwise,
+        )
         if stats.dropped_pairs:
-            logger.warning("%s: %d of %d pairs dropped: %d response(s) do not fit max_length %s even alone with "
-                           "their prompt; raise max_length or shorten the documents (max_document_chars)",
-                           dataset_name, stats.dropped_pairs, stats.pairs_in, stats.dropped_responses,
-                           max_length)  # fmt: skip
+            logger.warning(
+                "%s: %d of %d pairs dropped: %d response(s) do not fit max_length %s even alone with "
+                "their prompt; raise max_length or shorten the documents (max_document_chars)",
+                dataset_name,
+                stats.dropped_pairs,
+                stats.pairs_in,
+                stats.dropped_responses,
+                max_length,
+            )
         if not rows and dataset_name == "train":
-            raise ValueError(f"{dataset_name}: none of the {stats.pairs_in} pairs fits max_length {max_length} "
-                             "(prompt + response); raise max_length or shorten the documents (max_document_chars)")  # fmt: skip
+            raise ValueError(
+                f"{dataset_name}: none of the {stats.pairs_in} pairs fits max_length {max_length} "
+                "(prompt + response); raise max_length or shorten the documents (max_document_chars)"
+            )
         if not rows:
-            logger.warning("%s: none of the %d pairs fits max_length %s: no validation metrics", dataset_name,
-                           stats.pairs_in, max_length)  # fmt: skip
+            logger.warning(
+                "%s: none of the %d pairs fits max_length %s: no validation metrics",
+                dataset_name,
+                stats.pairs_in,
+                max_length,
+            )
         if not rows:
             features = _group_features()
             return Dataset.from_dict({name: [] for name in features}, features=features)
@@ -331,8 +386,12 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
                 # a fresh adapter: the base model is the reference; a re-trained adapter keeps its copy as "ref"
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs), \
-                adapter, self.accelerator.autocast():  # fmt: skip
+        with (
+            torch.no_grad(),
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            adapter,
+            self.accelerator.autocast(),
+        ):
             return response_logps(model, inputs, self._attn_implementation(model))
 
     def model_wrapped_by_trainer(self) -> bool:
@@ -359,9 +418,12 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
         results = []
         from tqdm.auto import tqdm
 
-        for start in tqdm(range(0, len(mine), batch_size), desc=f"Computing reference log probs for {name} groups",
-                          disable=not self.accelerator.is_local_main_process):  # fmt: skip
-            indices = mine[start:start + batch_size]
+        for start in tqdm(
+            range(0, len(mine), batch_size),
+            desc=f"Computing reference log probs for {name} groups",
+            disable=not self.accelerator.is_local_main_process,
+        ):
+            indices = mine[start : start + batch_size]
             examples = [dataset[i] for i in indices]
             batch = self._prepare_inputs(self.data_collator(examples))
             flat = self._reference_forward(batch).float().cpu().tolist()
@@ -380,8 +442,9 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
             logger.info("reference log-probs of the %s dataset kept in %s (per response)", name, path)
         self.accelerator.wait_for_everyone()
         # float32, as stored: a run that reads the cache gets bit-identical values to the one that wrote it
-        return dataset.add_column(REF_COLUMN, _unflatten(np.asarray([v for c in column for v in c], np.float32),
-                                                         lengths))  # fmt: skip
+        return dataset.add_column(
+            REF_COLUMN, _unflatten(np.asarray([v for c in column for v in c], np.float32), lengths)
+        )
 
     def _compute_loss(self, model, inputs, return_outputs):
         from spanpref.training.grouped import REF_COLUMN, response_logps
@@ -417,13 +480,19 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
 def _group_features():
     from datasets import Features, Sequence, Value
 
-    return Features({"prompt_ids": Sequence(Value("int64")), "response_ids": Sequence(Sequence(Value("int64"))),
-                     "chosen_index": Sequence(Value("int64")), "rejected_index": Sequence(Value("int64"))})  # fmt: skip
+    return Features(
+        {
+            "prompt_ids": Sequence(Value("int64")),
+            "response_ids": Sequence(Sequence(Value("int64"))),
+            "chosen_index": Sequence(Value("int64")),
+            "rejected_index": Sequence(Value("int64")),
+        }
+    )
 
 
 def _unflatten(values, lengths: list[int]) -> list[list[float]]:
     out, start = [], 0
     for n in lengths:
-        out.append([float(v) for v in values[start:start + n]])
+        out.append([float(v) for v in values[start : start + n]])
         start += n
     return out
