@@ -12,6 +12,7 @@ _CONFIG_HELP = "YAML file whose keys set this command's options (flags given on 
 
 
 def get_commands() -> list[Command]:
+    import spanpref.commands.reproduce as reproduce
     from spanpref.commands import chains, data, demo, eval, feedback, generate, pairs, rewards, space, train, ui
 
     return [
@@ -26,6 +27,7 @@ def get_commands() -> list[Command]:
         *ui.COMMANDS,
         *space.COMMANDS,
         *demo.COMMANDS,
+        *reproduce.COMMANDS,
     ]
 
 

@@ -8,6 +8,8 @@ A judge is a folder `recipes/judges/<name>/` with `config.yaml` (its `kind` and 
   carrying the judgment's code (`verdict_tag`), which no judged output can know; a reply without one is asked again.
 - `alpaca_eval`: AlpacaEval's pairwise annotator, with its `alpaca_eval_gpt4` configuration (OpenAI) or with our
   own annotator configuration pointed at any OpenAI-compatible server.
+- `reward_models`: offline and task-specific; the span reward models of `spanpref rewards train` flag the segments
+  of each output they predict to be errors, and the output with the smaller share of flagged segments wins.
 
 The stage (`judge_outputs`) builds one task per (prompt, model pair), shows the two outputs in an order drawn
 per task from a seeded generator, maps the judge's verdict on the shown order back to the canonical pair
@@ -28,6 +30,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ import yaml
 
 from spanpref import schema
 from spanpref.configfile import load_dataclass, read_yaml
-from spanpref.errors import SpanprefError, UsageError
+from spanpref.errors import MissingInputError, SpanprefError, UsageError
 from spanpref.prompts import PromptTemplate, parse_prompt, truncate_text
 from spanpref.repo import RepoError, open_repo
 
@@ -52,11 +55,13 @@ IDENTICAL = "(identical outputs: AlpacaEval scores them a draw without asking th
 # ---------------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class JudgeConfig:
-    kind: str = field(metadata={"help": "which judge implementation: reference, llm or alpaca_eval"})
+    kind: str = field(metadata={"help": "which judge implementation: reference, llm, alpaca_eval or reward_models"})
     prompt: str = field(default="prompt.txt", metadata={"help": "prompt file, relative to the judge folder"})
     metric: str = field(default="rougeL", metadata={"help": "reference: rouge_score metric (rouge1, rougeL, ...)"})
     use_stemmer: bool = field(default=True, metadata={"help": "reference: Porter-stem words before matching"})
-    tie_tolerance: float = field(default=0.005, metadata={"help": "reference: score gap that still counts as a tie"})
+    tie_tolerance: float = field(
+        default=0.005, metadata={"help": "reference, reward_models: score gap that still counts as a tie"}
+    )
     temperature: float = field(default=0.0, metadata={"help": "llm/alpaca_eval: the judge's sampling temperature"})
     max_new_tokens: int = field(default=256, metadata={"help": "llm/alpaca_eval: longest judge reply, in tokens"})
     max_document_chars: int = field(default=3000, metadata={"help": "the document is cut to this length"})
@@ -79,6 +84,14 @@ class JudgeConfig:
             "a reply that is exactly such an object, with this comparison's code"
         },
     )
+    reward_models: list[str] = field(
+        default_factory=list,
+        metadata={"help": "reward_models: model folders or Hub ids written by `spanpref rewards train`"},
+    )
+    threshold: float = field(
+        default=0.5, metadata={"help": "reward_models: a segment with P(error) at or above this is flagged"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "reward_models: outputs per forward pass"})
     retry_prompt: str = field(
         default="retry.txt",
         metadata={
@@ -516,7 +529,107 @@ class AlpacaEvalJudge(Judge):
                 on_verdict(i, Verdict(FIRST if round(float(preference)) == 1 else SECOND, raw))
 
 
-JUDGES: dict[str, type[Judge]] = {"reference": ReferenceJudge, "llm": LLMJudge, "alpaca_eval": AlpacaEvalJudge}
+# ---------------------------------------------------------------------------------------------------
+# reward_models
+# ---------------------------------------------------------------------------------------------------
+def flagged_fraction(error_probs: list[list[float]], threshold: float) -> Fraction:
+    """The share of an output's segments that the reward models flag (P(error) >= threshold), counted over the
+    segments of every model together (one list of per-segment probabilities per model). Exact, so that two outputs
+    with the same share tie whatever their lengths; an output without segments has none flagged."""
+    total = sum(len(probs) for probs in error_probs)
+    flagged = sum(p >= threshold for probs in error_probs for p in probs)
+    return Fraction(flagged, total) if total else Fraction(0)
+
+
+def reward_model_verdict(first: Fraction | float, second: Fraction | float, tie_tolerance: float = 0.0) -> str:
+    """The verdict on the shown order: the output with the smaller flagged share wins; shares no more than
+    `tie_tolerance` apart tie."""
+    if abs(first - second) <= tie_tolerance:
+        return TIE
+    return FIRST if first < second else SECOND
+
+
+class RewardModelJudge(Judge):
+    """Scores every distinct output once with each reward model (at the model's own segment level), then compares
+    the flagged shares of each pair."""
+
+    def __init__(self, config: JudgeConfig, name: str = "reward_models"):
+        if not config.reward_models:
+            raise UsageError(
+                f"judge {name}: list the reward model folders under `reward_models` in its config.yaml (or pass "
+                "them to build_judge); train them with `spanpref rewards train`"
+            )
+        if not 0 < config.threshold < 1:
+            raise UsageError(f"judge {name}: threshold must be in (0, 1), got {config.threshold}")
+        self.config, self.name = config, name
+        self._models: list[Any] | None = None
+
+    @property
+    def models(self) -> list[Any]:
+        if self._models is None:  # loaded on first use: building a judge to plan a run needs no weights
+            import torch
+
+            from spanpref.rewards.reward_model import REWARD_META_FILE, SpanRewardModel
+
+            models = []
+            for path in self.config.reward_models:
+                local = Path(path).exists() or path.startswith((".", "/")) or path.count("/") != 1
+                if local and not (Path(path) / REWARD_META_FILE).is_file():
+                    raise MissingInputError(
+                        f"judge {self.name}: {path} is not a reward model folder (no {REWARD_META_FILE}); train "
+                        "them with `spanpref rewards train`"
+                    )
+                model = SpanRewardModel(path)
+                if torch.cuda.is_available():
+                    model.to("cuda")
+                models.append(model)
+            self._models = models
+        return self._models
+
+    def shares(self, items: list[tuple[str, str, str]]) -> list[tuple[Fraction, int, int]]:
+        """(flagged share, flagged segments, segments) of each (query, document, text)."""
+        probs: list[list[list[float]]] = [[] for _ in items]
+        step = max(1, self.config.batch_size)
+        for model in self.models:
+            for start in range(0, len(items), step):
+                batch = items[start : start + step]
+                out = model.error_probs(
+                    [q for q, _, _ in batch], [t for _, _, t in batch], documents=[d for _, d, _ in batch]
+                )
+                for k, ps in enumerate(out):
+                    probs[start + k].append(ps)
+        result = []
+        for per_model in probs:
+            share = flagged_fraction(per_model, self.config.threshold)
+            flagged = sum(p >= self.config.threshold for ps in per_model for p in ps)
+            result.append((share, flagged, sum(len(ps) for ps in per_model)))
+        return result
+
+    def judge(self, tasks: list[PairTask], on_verdict: OnVerdict) -> None:
+        keys: dict[tuple[str, str, str], int] = {}
+        for task in tasks:
+            for text in task.shown:
+                keys.setdefault((task.query, task.document, text), len(keys))
+        scored = self.shares(list(keys))
+        for i, task in enumerate(tasks):
+            first, second = (scored[keys[(task.query, task.document, text)]] for text in task.shown)
+            raw = json.dumps(
+                {
+                    "flagged_first": first[1],
+                    "segments_first": first[2],
+                    "flagged_second": second[1],
+                    "segments_second": second[2],
+                }
+            )
+            on_verdict(i, Verdict(reward_model_verdict(first[0], second[0], self.config.tie_tolerance), raw))
+
+
+JUDGES: dict[str, type[Judge]] = {
+    "reference": ReferenceJudge,
+    "llm": LLMJudge,
+    "alpaca_eval": AlpacaEvalJudge,
+    "reward_models": RewardModelJudge,
+}
 
 
 def build_judge(
@@ -527,12 +640,18 @@ def build_judge(
     model: str | None = None,
     seed: int = 0,
     name: str | None = None,
+    reward_models: list[str] | None = None,
 ) -> Judge:
-    """A judge from its folder. `backend` serves `llm`; `base_url`/`model` point `alpaca_eval` at a server."""
+    """A judge from its folder. `backend` serves `llm`; `base_url`/`model` point `alpaca_eval` at a server;
+    `reward_models` replaces the reward model folders a `reward_models` judge's config lists."""
     config, folder = load_judge_config(name_or_dir)
     name = name or folder.name
     if config.kind == "reference":
         return ReferenceJudge(config, name)
+    if config.kind == "reward_models":
+        if reward_models:
+            config.reward_models = list(reward_models)
+        return RewardModelJudge(config, name)
     if config.kind == "llm":
         if backend is None:
             raise ValueError("the llm judge needs a generation backend")
