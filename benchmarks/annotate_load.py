@@ -1,10 +1,13 @@
 """Load on the annotation app: N simulated annotators save spans concurrently for a while, through the same HTTP
 route the page's JavaScript uses (Gradio's component-server route, one call per saved span). Prints save latency
-percentiles and checks that every acknowledged save is in the SQLite store and in the exported annotations config
+percentiles, where the time of a save goes (from the app's Server-Timing header: time in the app, in the handler,
+waiting for the store's write lock, writing, committing; the rest is HTTP and the client), how much CPU the server
+and the load generator used, and checks that every acknowledged save is in the SQLite store and in the exported annotations config
 exactly once (and that nothing else is).
 
     python benchmarks/annotate_load.py                         # 50 annotators, 60 s, bundled qa-feedback items
     python benchmarks/annotate_load.py --annotators 20 --seconds 15
+    python benchmarks/annotate_load.py --seconds 30 --py-spy server.txt   # also profile the server (py-spy)
 
 The app runs in its own process (`spanpref annotate`), as it would for real annotators; the load generator uses
 one thread and one keep-alive HTTP connection per annotator. Each annotator saves spans back to back (no think
@@ -53,20 +56,33 @@ class Page:
         self.session_hash = os.urandom(6).hex()
 
     def call(self, fn: str, *args):
-        r = self.http.post(self.url + "gradio_api/component_server/", timeout=60,
-                           json={"data": list(args), "component_id": self.cid, "session_hash": self.session_hash,
-                                 "fn_name": fn})  # fmt: skip
+        r = self.http.post(
+            self.url + "gradio_api/component_server/",
+            timeout=60,
+            json={"data": list(args), "component_id": self.cid, "session_hash": self.session_hash, "fn_name": fn},
+        )
         r.raise_for_status()
         out = r.json()
         if not out.get("ok"):
             raise RuntimeError(f"{fn}: {out.get('error')}")
+        self.last_timing = server_timing(r.headers.get("server-timing", ""))
         return out
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """Seconds per phase from a `Server-Timing: app;dur=1.2, handler;dur=0.8` header (durations in ms)."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name and dur:
+            out[name] = float(dur) / 1000
+    return out
 
 
 def annotator(k: int, url: str, cid: int, stop_at: float, seed: int, out: dict) -> None:
     rng = random.Random(seed * 1000 + k)
     page = Page(url, cid)
-    latencies, acked, errors = [], [], []
+    latencies, phases, acked, errors = [], [], [], []
     try:
         token = page.call("login", f"annotator{k:02d}", f"password-{k}")["token"]
         item = page.call("get_item", token)["item"]
@@ -77,8 +93,14 @@ def annotator(k: int, url: str, cid: int, stop_at: float, seed: int, out: dict) 
             text = resp["text"]
             start = rng.randrange(len(text) - 1)
             end = min(len(text), start + rng.randint(1, 40))
-            span = {"start": utf16(text, start), "end": utf16(text, end), "polarity": rng.choice(["like", "dislike"]),
-                    "reasons": [], "note": f"load {k}-{n}", "key": f"{k}-{n}"}  # fmt: skip
+            span = {
+                "start": utf16(text, start),
+                "end": utf16(text, end),
+                "polarity": rng.choice(["like", "dislike"]),
+                "reasons": [],
+                "note": f"load {k}-{n}",
+                "key": f"{k}-{n}",
+            }
             t0 = time.perf_counter()
             try:
                 saved = page.call("save_span", token, item["item_id"], resp["response_id"], span, 1.0)["span"]
@@ -88,6 +110,7 @@ def annotator(k: int, url: str, cid: int, stop_at: float, seed: int, out: dict) 
             finally:
                 n += 1
             latencies.append(time.perf_counter() - t0)
+            phases.append(page.last_timing)
             acked.append((f"annotator{k:02d}", resp["response_id"], saved["span_id"], start, end))
             if n % 10 == 0:
                 page.call(
@@ -96,12 +119,29 @@ def annotator(k: int, url: str, cid: int, stop_at: float, seed: int, out: dict) 
                 item = page.call("get_item", token)["item"]
     except Exception as e:
         errors.append(repr(e)[:200])
-    out[k] = {"latencies": latencies, "acked": acked, "errors": errors}
+    out[k] = {"latencies": latencies, "phases": phases, "acked": acked, "errors": errors}
 
 
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PHASES = {
+    "client": "the whole save, as the annotator's page sees it",
+    "outside_app": "client minus app: HTTP on both sides, the server's event loop, the client's own threads",
+    "app": "from the request's arrival in the app to its response",
+    "handler": "the server function (session check, validation, the write)",
+    "lock_wait": "waiting for the store's write lock",
+    "write": "the write transaction, holding the lock (BEGIN .. COMMIT)",
+    "commit": "the COMMIT alone (WAL append + fsync)",
+}
 
 
 def main() -> None:
@@ -111,6 +151,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=300, help="qa-feedback examples to build items from")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--export-every", type=float, default=10.0, help="the app's seconds between background exports"
+    )
+    parser.add_argument("--py-spy", type=Path, help="record the server with py-spy (raw stacks) into this file")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,9 +164,25 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}/"
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-        server = subprocess.Popen([sys.executable, "-c", "from spanpref.cli import main; raise SystemExit(main())",
-                                   "annotate", str(folder), "--port", str(port), "--db", str(db), "--overlap", "5",
-                                   "--export-every", "10"], env=env)  # fmt: skip
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from spanpref.cli import main; raise SystemExit(main())",
+                "annotate",
+                str(folder),
+                "--port",
+                str(port),
+                "--db",
+                str(db),
+                "--overlap",
+                "5",
+                "--export-every",
+                str(args.export_every),
+                "--server-timing",
+            ],
+            env=env,
+        )
         try:
             deadline = time.time() + 120
             while True:
@@ -136,14 +196,43 @@ def main() -> None:
             (cid,) = [c["id"] for c in cfg["components"] if c.get("props", {}).get("server_fns")]
             results: dict[int, dict] = {}
             stop_at = time.time() + args.seconds
-            threads = [threading.Thread(target=annotator, args=(k, url, cid, stop_at, args.seed, results))
-                       for k in range(args.annotators)]  # fmt: skip
+            spy = None
+            if args.py_spy:
+                spy = subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "--pid",
+                        str(server.pid),
+                        "--rate",
+                        "200",
+                        "--format",
+                        "raw",
+                        "--duration",
+                        str(int(args.seconds)),
+                        "--output",
+                        str(args.py_spy),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            cpu0 = (cpu_seconds(server.pid), time.process_time())
+            threads = [
+                threading.Thread(target=annotator, args=(k, url, cid, stop_at, args.seed, results))
+                for k in range(args.annotators)
+            ]
             t0 = time.time()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             wall = time.time() - t0
+            server_cpu, client_cpu = cpu_seconds(server.pid) - cpu0[0], time.process_time() - cpu0[1]
+            if spy is not None:
+                try:
+                    spy.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
         finally:
             server.send_signal(signal.SIGINT)  # the app exports once more on the way out
             try:
@@ -152,6 +241,15 @@ def main() -> None:
                 server.kill()
 
         latencies = [x for r in results.values() for x in r["latencies"]]
+        timings = [t for r in results.values() for t in r["phases"]]
+        breakdown = {
+            name: [t.get(name, 0.0) for t in timings] for name in PHASES if name not in ("client", "outside_app")
+        }
+        breakdown = {
+            "client": latencies,
+            "outside_app": [c - t.get("app", 0.0) for c, t in zip(latencies, timings, strict=True)],
+            **breakdown,
+        }
         acked = [a for r in results.values() for a in r["acked"]]
         errors = [e for r in results.values() for e in r["errors"]]
 
@@ -167,22 +265,53 @@ def main() -> None:
         import datasets
 
         rows = datasets.load_dataset(str(folder), "annotations")["train"]
-        exported = [(r["annotator"], r["response_id"], s["span_id"], s["start"], s["end"])
-                    for r in rows if r["annotation_id"].startswith("ui-") for s in r["spans"]]  # fmt: skip
+        exported = [
+            (r["annotator"], r["response_id"], s["span_id"], s["start"], s["end"])
+            for r in rows
+            if r["annotation_id"].startswith("ui-")
+            for s in r["spans"]
+        ]
         lost_export = len(acked_set - set(exported))
         extra_export = len(exported) - len(acked_set & set(exported))
 
     numbers = {
-        "annotators": args.annotators, "seconds": args.seconds, "wall_s": round(wall, 1),
-        "saves_acked": len(acked), "saves_per_s": round(len(acked) / wall, 1), "errors": len(errors),
+        "annotators": args.annotators,
+        "seconds": args.seconds,
+        "wall_s": round(wall, 1),
+        "saves_acked": len(acked),
+        "saves_per_s": round(len(acked) / wall, 1),
+        "errors": len(errors),
         "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
         "p95_ms": round(1000 * percentile(latencies, 0.95), 1) if latencies else None,
         "p99_ms": round(1000 * percentile(latencies, 0.99), 1) if latencies else None,
         "max_ms": round(1000 * max(latencies), 1) if latencies else None,
-        "lost_in_store": lost_store, "unexpected_in_store": extra_store, "duplicate_acks": dup_acks,
-        "lost_in_export": lost_export, "unexpected_in_export": extra_export, "cpus": os.cpu_count(),
-    }  # fmt: skip
+        "lost_in_store": lost_store,
+        "unexpected_in_store": extra_store,
+        "duplicate_acks": dup_acks,
+        "lost_in_export": lost_export,
+        "unexpected_in_export": extra_export,
+        "cpus": os.cpu_count(),
+        "server_cpu_s": round(server_cpu, 1),
+        "client_cpu_s": round(client_cpu, 1),
+        "phases_ms": {
+            name: {
+                q: round(1000 * percentile(v, f), 2)
+                for q, f in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+            }
+            for name, v in breakdown.items()
+            if v
+        },
+    }
     print(json.dumps(numbers, indent=2))
+    print(
+        f"where a save's time goes ({len(latencies)} saves; ms; server CPU {server_cpu:.1f} s, load generator CPU "
+        f"{client_cpu:.1f} s in {wall:.1f} s on {os.cpu_count()} cores):"
+    )
+    for name, q in numbers["phases_ms"].items():
+        print(
+            f"  {name:<12} p50 {q['p50']:8.2f}  p95 {q['p95']:8.2f}  p99 {q['p99']:8.2f}  max {q['max']:8.2f}  "
+            f"{PHASES[name]}"
+        )
     if errors:
         print("first errors:", *errors[:5], sep="\n  ")
     if args.json:

@@ -4,6 +4,7 @@ export, and the HTTP route the page uses."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -259,6 +260,31 @@ def test_queue_limits_progress_and_durability(tmp_path):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
     svc2.close()
+
+
+def test_the_export_process_writes_what_the_service_would(service):
+    """The app's background export runs in a child process (the server's event loop keeps the GIL): its configs
+    are the ones an export in this process writes, and a child that died is replaced."""
+    from spanpref.ui.annotate_export import ExportProcess
+
+    tok = service.login("alice", "secret1")["token"]
+    item = service.get_item(tok)["item"]
+    service.save_span(tok, item["item_id"], "q0-r1", {"start": 0, "end": 5, "polarity": "dislike", "note": "x"})
+    service.save_item(tok, item["item_id"], {"choice": "a", "rationale": "clearer", "submit": True})
+    child = ExportProcess(service.config)
+    try:
+        report = service.export(run=child.export)
+        first = child._proc.pid
+        assert first != os.getpid() and not service.changed.is_set()
+        written = {name: service.repo.read(name) for name in (schema.ANNOTATIONS, schema.COMPARISONS)}
+        assert report == service.export()  # the same export, in this process
+        assert {name: service.repo.read(name) for name in written} == written
+        assert [r["annotation_id"] for r in written[schema.ANNOTATIONS]] == ["ui-alice-q0-r1", "ui-alice-q0-r2"]
+        child._proc.kill()
+        child._proc.wait()
+        assert service.export(run=child.export) == report and child._proc.pid != first
+    finally:
+        child.close()
 
 
 def test_background_export_and_hub_push_requests(service):

@@ -7,7 +7,8 @@ How it is put together:
   span is saved on its own the moment the annotator presses Save in the span popup; the page says "saved" only
   after the commit.
 - `spanpref.ui.annotate_service.AnnotationService` is everything the page can ask for (queues, saves, submits,
-  export); `BackgroundExporter` writes the repo's `annotations` and `comparisons` configs after changes.
+  export); `spanpref.ui.annotate_export.BackgroundExporter` writes the repo's `annotations` and `comparisons`
+  configs after changes, in a process of its own so that the server's event loop keeps the GIL.
 - This module builds the page: one `gr.HTML` whose JavaScript draws the item from JSON with DOM text nodes (never
   `innerHTML` with data, so responses, documents and notes cannot inject markup) and calls the service's methods
   through Gradio's component-server route, each call carrying the session token issued at login.
@@ -23,14 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from spanpref import schema
-from spanpref.ui.annotate_service import (
-    AnnotateConfig,
-    AnnotationService,
-    BackgroundExporter,
-    ExportReport,
-    Item,
-    load_items,
-)
+from spanpref.ui.annotate_export import BackgroundExporter, ExportProcess
+from spanpref.ui.annotate_service import AnnotateConfig, AnnotationService, ExportReport, Item, StoreExport, load_items
 from spanpref.ui.annotate_store import AnnotationStore, default_db_path
 from spanpref.ui.common import App, UserError, lock_down, on_spaces, server_function, state_dir
 from spanpref.ui.hub_sync import HubSync
@@ -40,8 +35,10 @@ __all__ = [
     "AnnotationService",
     "AnnotationStore",
     "BackgroundExporter",
+    "ExportProcess",
     "ExportReport",
     "Item",
+    "StoreExport",
     "build_app",
     "build_space_app",
     "default_db_path",
@@ -85,11 +82,11 @@ def build_app(config: AnnotateConfig, service: AnnotationService | None = None) 
 
     service = service or AnnotationService(config)
 
-    def fn(name: str, body: Any) -> Any:
-        return server_function(body, name=name)
+    def fn(name: str, body: Any, *, blocking: bool = False) -> Any:
+        return server_function(body, name=name, blocking=blocking)
 
     api = [
-        fn("login", lambda a, req: service.login(*(a + [None] * 3)[:3])),
+        fn("login", lambda a, req: service.login(*(a + [None] * 3)[:3]), blocking=True),  # a password hash
         fn("login_oauth", lambda a, req: service.login_oauth(req)),
         fn("resume", lambda a, req: service.resume(a[0] if a else None)),
         fn("logout", lambda a, req: service.logout(a[0] if a else None)),
@@ -133,7 +130,7 @@ def serve(config: AnnotateConfig, *, block: bool = True) -> App:
         service.store.path,
     )
     try:
-        launch_local(app.blocks, config.port, block=block)
+        launch_local(app.blocks, config.port, block=block, server_timing=config.server_timing)
     finally:
         if block:
             app.stop()

@@ -10,7 +10,8 @@ to the dataset repo. No Gradio here; the page (`spanpref.ui.annotate`) calls the
 - Offsets: the page sends UTF-16 offsets (what JavaScript counts) and the service converts them to Python
   code-point offsets against the exact response text; stored and exported offsets are Python offsets.
 - `AnnotationService.export` writes the `annotations` and `comparisons` configs of the dataset repo (atomic and
-  validated; rows with other ids, e.g. imported ones, are kept); `BackgroundExporter` runs it after changes.
+  validated; rows with other ids, e.g. imported ones, are kept); `spanpref.ui.annotate_export` runs it after
+  changes, in a process of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +127,13 @@ class AnnotateConfig:
     )
     title: str = field(default="spanpref annotation", metadata={"help": "page title"})
     export_only: bool = field(default=False, metadata={"help": "export the store to the repo and exit"})
+    server_timing: bool = field(
+        default=False,
+        metadata={
+            "help": "add a Server-Timing header to every response (time in the app, in the handler, waiting for "
+            "the write lock, writing, committing), as benchmarks/annotate_load.py reads it"
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,6 +203,112 @@ class ExportReport:
         )
 
 
+class StoreExport:
+    """The export of an annotation store into its repo: `AnnotationService.export` runs it in the app's process,
+    `spanpref.ui.annotate_export` in a process of its own (with the store opened read-only)."""
+
+    def __init__(self, store: AnnotationStore, repo: DatasetRepo, items: list[Item], taxonomy: Taxonomy):
+        self.store, self.repo, self.taxonomy = store, repo, taxonomy
+        self.by_id = {it.item_id: it for it in items}
+        self.item_of_response = {rid: it for it in items for rid in it.response_ids}
+
+    def rows(self) -> tuple[list[schema.Annotation], list[schema.Comparison]]:
+        """Every annotator's work as records of the annotations and comparisons configs (Python offsets)."""
+        with self.store.snapshot():  # one state of the store, however many saves land meanwhile
+            stored_items = self.store.read("SELECT * FROM items")
+            stored_spans = self.store.read("SELECT * FROM spans ORDER BY annotator, response_id, span_id")
+            stored_reasons = self.store.read("SELECT * FROM response_reasons")
+        items = {(r["annotator"], r["item_id"]): dict(r) for r in stored_items}
+        spans: dict[tuple[str, str], list[schema.Span]] = {}
+        for r in stored_spans:
+            spans.setdefault((r["annotator"], r["response_id"]), []).append(
+                schema.Span(
+                    span_id=r["span_id"],
+                    start=r["start"],
+                    end=r["end"],
+                    polarity=r["polarity"],
+                    reasons=json.loads(r["reasons"]),
+                    note=r["note"],
+                    fix=r["fix"] or "",
+                )
+            )
+        reasons = {
+            (r["annotator"], r["response_id"]): [schema.ResponseReason(**x) for x in json.loads(r["reasons"])]
+            for r in stored_reasons
+        }
+        keys = set(spans) | {k for k, v in reasons.items() if v}
+        keys |= {
+            (a, rid)
+            for (a, item_id), row in items.items()
+            if row["submitted"] is not None
+            for rid in self.by_id[item_id].response_ids
+            if item_id in self.by_id
+        }
+        annotations = []
+        for annotator, rid in sorted(keys):
+            item = self.item_of_response.get(rid)
+            if item is None:
+                logger.warning("store has work on response %r, which is no longer in the repo; not exported", rid)
+                continue
+            seconds = (items.get((annotator, item.item_id)) or {}).get("seconds")
+            annotations.append(
+                schema.Annotation(
+                    annotation_id=f"{ID_PREFIX}{annotator}-{rid}",
+                    annotator=annotator,
+                    response_id=rid,
+                    spans=spans.get((annotator, rid), []),
+                    response_reasons=reasons.get((annotator, rid), []),
+                    # the time of the pair, split evenly between its two responses (sums stay right)
+                    seconds=None if seconds is None else round(seconds / 2, 3),
+                    taxonomy=self.taxonomy.key,
+                )
+            )
+        comparisons = []
+        for (annotator, item_id), row in sorted(items.items()):
+            if row["submitted"] is None or item_id not in self.by_id:
+                continue
+            a, b = self.by_id[item_id].response_ids
+            comparisons.append(
+                schema.Comparison(
+                    comparison_id=f"{ID_PREFIX}{annotator}-{item_id}",
+                    annotator=annotator,
+                    response_a=a,
+                    response_b=b,
+                    choice=row["choice"],
+                    rationale=row["rationale"],
+                    seconds=round(row["seconds"], 3),
+                )
+            )
+        return annotations, comparisons
+
+    def write(self) -> ExportReport | None:
+        """Write the store into the repo's annotations and comparisons configs (atomically, validated).
+        Rows this app wrote before are replaced; rows from elsewhere are kept. None when there is nothing."""
+        annotations, comparisons = self.rows()
+        configs: dict[str, list[Any]] = {}
+        kept = {}
+        for name, rows, id_col in (
+            (schema.ANNOTATIONS, annotations, "annotation_id"),
+            (schema.COMPARISONS, comparisons, "comparison_id"),
+        ):
+            others = [
+                r
+                for r in (self.repo.read(name) if self.repo.has(name) else [])
+                if not str(r[id_col]).startswith(ID_PREFIX)
+            ]
+            kept[name] = len(others)
+            if rows or self.repo.has(name):
+                configs[name] = others + [schema.to_row(r) for r in rows]
+        configs = {k: v for k, v in configs.items() if v}
+        if not configs:
+            return None
+        keys = {r.get("taxonomy") for r in configs.get(schema.ANNOTATIONS, [])}
+        self.repo.write(configs, taxonomy=self.taxonomy if keys <= {self.taxonomy.key} else None)
+        report = ExportReport(len(annotations), len(comparisons), kept[schema.ANNOTATIONS], kept[schema.COMPARISONS])
+        logger.info("%s to %s", report.summary(), self.repo.path)
+        return report
+
+
 class AnnotationService:
     """Everything the page can ask for. Each public method takes the page's session token first and acts
     only on that annotator's records."""
@@ -214,6 +329,7 @@ class AnnotationService:
             self.store, allowed=config.annotators, access_code=code, bounds=bounds, session_hours=config.session_hours
         )
         self.oauth = on_spaces() if config.oauth is None else config.oauth
+        self.store_export = StoreExport(self.store, self.repo, self.items, self.taxonomy)
         self.changed = threading.Event()  # set by every write; the background exporter clears it
         self.export_lock = threading.Lock()
         self._assign_lock = threading.Lock()
@@ -591,99 +707,14 @@ class AnnotationService:
     # -- export ----------------------------------------------------------------------------------------
     def export_rows(self) -> tuple[list[schema.Annotation], list[schema.Comparison]]:
         """Every annotator's work as records of the annotations and comparisons configs (Python offsets)."""
-        items = {(r["annotator"], r["item_id"]): dict(r) for r in self.store.read("SELECT * FROM items")}
-        spans: dict[tuple[str, str], list[schema.Span]] = {}
-        for r in self.store.read("SELECT * FROM spans ORDER BY annotator, response_id, span_id"):
-            spans.setdefault((r["annotator"], r["response_id"]), []).append(
-                schema.Span(
-                    span_id=r["span_id"],
-                    start=r["start"],
-                    end=r["end"],
-                    polarity=r["polarity"],
-                    reasons=json.loads(r["reasons"]),
-                    note=r["note"],
-                    fix=r["fix"] or "",
-                )
-            )
-        reasons = {
-            (r["annotator"], r["response_id"]): [schema.ResponseReason(**x) for x in json.loads(r["reasons"])]
-            for r in self.store.read("SELECT * FROM response_reasons")
-        }
-        keys = set(spans) | {k for k, v in reasons.items() if v}
-        keys |= {
-            (a, rid)
-            for (a, item_id), row in items.items()
-            if row["submitted"] is not None
-            for rid in self.by_id[item_id].response_ids
-            if item_id in self.by_id
-        }
-        annotations = []
-        for annotator, rid in sorted(keys):
-            item = self.item_of_response.get(rid)
-            if item is None:
-                logger.warning("store has work on response %r, which is no longer in the repo; not exported", rid)
-                continue
-            seconds = (items.get((annotator, item.item_id)) or {}).get("seconds")
-            annotations.append(
-                schema.Annotation(
-                    annotation_id=f"{ID_PREFIX}{annotator}-{rid}",
-                    annotator=annotator,
-                    response_id=rid,
-                    spans=spans.get((annotator, rid), []),
-                    response_reasons=reasons.get((annotator, rid), []),
-                    # the time of the pair, split evenly between its two responses (sums stay right)
-                    seconds=None if seconds is None else round(seconds / 2, 3),
-                    taxonomy=self.taxonomy.key,
-                )
-            )
-        comparisons = []
-        for (annotator, item_id), row in sorted(items.items()):
-            if row["submitted"] is None or item_id not in self.by_id:
-                continue
-            a, b = self.by_id[item_id].response_ids
-            comparisons.append(
-                schema.Comparison(
-                    comparison_id=f"{ID_PREFIX}{annotator}-{item_id}",
-                    annotator=annotator,
-                    response_a=a,
-                    response_b=b,
-                    choice=row["choice"],
-                    rationale=row["rationale"],
-                    seconds=round(row["seconds"], 3),
-                )
-            )
-        return annotations, comparisons
+        return self.store_export.rows()
 
-    def export(self) -> ExportReport | None:
-        """Write the store into the repo's annotations and comparisons configs (atomically, validated).
-        Rows this app wrote before are replaced; rows from elsewhere are kept. None when there is nothing."""
+    def export(self, run: Callable[[], ExportReport | None] | None = None) -> ExportReport | None:
+        """Write the store into the repo's annotations and comparisons configs (atomically, validated), by `run`
+        (default: `StoreExport.write` in this process), under the export lock. None when there is nothing."""
         with self.export_lock:
             self.changed.clear()
-            annotations, comparisons = self.export_rows()
-            configs: dict[str, list[Any]] = {}
-            kept = {}
-            for name, rows, id_col in (
-                (schema.ANNOTATIONS, annotations, "annotation_id"),
-                (schema.COMPARISONS, comparisons, "comparison_id"),
-            ):
-                others = [
-                    r
-                    for r in (self.repo.read(name) if self.repo.has(name) else [])
-                    if not str(r[id_col]).startswith(ID_PREFIX)
-                ]
-                kept[name] = len(others)
-                if rows or self.repo.has(name):
-                    configs[name] = others + [schema.to_row(r) for r in rows]
-            configs = {k: v for k, v in configs.items() if v}
-            if not configs:
-                return None
-            keys = {r.get("taxonomy") for r in configs.get(schema.ANNOTATIONS, [])}
-            self.repo.write(configs, taxonomy=self.taxonomy if keys <= {self.taxonomy.key} else None)
-            report = ExportReport(
-                len(annotations), len(comparisons), kept[schema.ANNOTATIONS], kept[schema.COMPARISONS]
-            )
-            logger.info("%s to %s", report.summary(), self.repo.path)
-            return report
+            return (run or self.store_export.write)()
 
     def restore_from_repo(self) -> int:
         """Read back into the store the work this app exported earlier but the store lacks (a Space restarted
@@ -754,36 +785,3 @@ class AnnotationService:
 
     def close(self) -> None:
         self.store.close()
-
-
-class BackgroundExporter:
-    """Exports after changes, at most every `every` seconds, and once more on `stop()`."""
-
-    def __init__(self, service: AnnotationService, every: float):
-        self.service, self.every = service, every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="annotate-export", daemon=True)
-
-    def start(self) -> BackgroundExporter:
-        if self.every > 0:
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            if self.service.changed.is_set():
-                self._export()
-
-    def _export(self) -> None:
-        try:
-            self.service.export()
-        except Exception:  # the store still has everything; the next export tries again
-            logger.exception("export to %s failed", self.service.repo.path)
-            self.service.changed.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        if self.service.changed.is_set():
-            self._export()

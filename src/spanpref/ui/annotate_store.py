@@ -38,8 +38,10 @@ class AnnotationStore(SQLiteStore):
     """
     )
 
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+        super().__init__(path, readonly=readonly)
+        if readonly:
+            return
         with self.write() as db:
             columns = {r[1] for r in db.execute("PRAGMA table_info(spans)")}
             if "fix" not in columns:  # a database from before suggested fixes: its spans have none

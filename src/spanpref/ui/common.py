@@ -18,6 +18,8 @@
 - `lock_down`: an app's `launch()` always refuses file uploads (the apps take none) and never shows raw
   exception text in the page.
 - `launch_local`: serve a `gr.Blocks` on 127.0.0.1 the way the tests and the CLI need it.
+- `ServerTiming` and `timed`: an opt-in `Server-Timing` response header with the time spent in the app and in
+  its phases (handler, waiting for the write lock, the write, the commit), for load tests.
 - `App`: what `build_app` of either app returns (the `gr.Blocks`, the service behind it, its background work).
 - `state_dir`: the one rule for where a Space keeps an app's state (`STORAGE_MOUNT` when it is writable).
 """
@@ -25,6 +27,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import html
@@ -179,14 +182,16 @@ class SQLiteStore:
 
     SCHEMA = ""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly  # for a reader beside the app (its export process): no schema, no writes
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        if self.SCHEMA.strip():
+        if self.SCHEMA.strip() and not readonly:
             with self._lock:
                 self.connect().executescript(self.SCHEMA)
 
@@ -194,10 +199,15 @@ class SQLiteStore:
         """This thread's connection (created on first use)."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if self.readonly:
+                db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None
+                )
+            else:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             self._local.db = db
             with self._connections_lock:
@@ -208,13 +218,29 @@ class SQLiteStore:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: committed (and on disk) when the block ends, rolled back if it raises."""
         db = self.connect()
-        with self._lock:
-            db.execute("BEGIN IMMEDIATE")
+        with timed("lock_wait"):
+            self._lock.acquire()
+        with timed("write"):
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                with timed("commit"):
+                    db.execute("COMMIT")
+            finally:
+                self._lock.release()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads in the block see one state of the database (a WAL read transaction), whatever commits meanwhile."""
+        db = self.connect()
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
             db.execute("COMMIT")
 
     def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
@@ -312,17 +338,24 @@ class LocalAuth:
         ):
             raise AuthError("wrong access code")
         self._check_allowed(name)
+        # the password hash is slow on purpose (tens of ms), so it is computed outside the write transaction that
+        # every save of every user waits for
+        rows = self.store.read("SELECT salt, hash FROM accounts WHERE name = ?", (name,))
+        if not rows:
+            salt = secrets.token_bytes(16)
+            digest = _hash_password(password, salt)
+            with self.store.write() as db:
+                claimed = db.execute(
+                    "INSERT OR IGNORE INTO accounts VALUES (?, ?, ?, ?)", (name, salt, digest, time.time())
+                ).rowcount
+                if claimed:
+                    logger.info("new account %s", name)
+                    return self._new_session(db, name), name
+            rows = self.store.read("SELECT salt, hash FROM accounts WHERE name = ?", (name,))  # claimed meanwhile
+        row = rows[0]
+        if row["hash"] is None or not hmac.compare_digest(_hash_password(password, row["salt"]), row["hash"]):
+            raise AuthError(f"wrong password for {name!r} (names are claimed by their first login)")
         with self.store.write() as db:
-            row = db.execute("SELECT salt, hash FROM accounts WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                salt = secrets.token_bytes(16)
-                db.execute(
-                    "INSERT INTO accounts VALUES (?, ?, ?, ?)",
-                    (name, salt, _hash_password(password, salt), time.time()),
-                )
-                logger.info("new account %s", name)
-            elif row["hash"] is None or not hmac.compare_digest(_hash_password(password, row["salt"]), row["hash"]):
-                raise AuthError(f"wrong password for {name!r} (names are claimed by their first login)")
             return self._new_session(db, name), name
 
     def login_external(self, name: str) -> tuple[str, str]:
@@ -400,7 +433,9 @@ def client_address(request: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------------
 # Gradio glue
 # ---------------------------------------------------------------------------------------------------
-def server_function(fn: Callable[[list[Any], Any], dict[str, Any]], name: str | None = None) -> Callable:
+def server_function(
+    fn: Callable[[list[Any], Any], dict[str, Any]], name: str | None = None, *, blocking: bool = False
+) -> Callable:
     """Wrap `fn(args, request)` for `gr.HTML(server_functions=[...])`.
 
     Gradio 6.31 sends the arguments of a page call `server.f(a, b, c)` to Python as ONE list, but a lone
@@ -408,25 +443,85 @@ def server_function(fn: Callable[[list[Any], Any], dict[str, Any]], name: str | 
     `server.f([a, b, c])`: one argument, the list, which Python receives as `args`. The request is injected
     into a parameter annotated `gr.Request` (a plain `fastapi.Request` on this route). The wrapper returns `{"ok": True, **result}`, or
     `{"ok": False, "error": message}` for a `UserError` (a bug is logged and reported without details).
+
+    The wrapper is a coroutine, so Gradio runs `fn` on the server's event loop instead of handing it to one of its
+    40 worker threads. For a handler that is a few SQLite statements and a commit, that is the fast way: in worker
+    threads, every call waits for the store's write lock, and the thread holding it waits again for the GIL after
+    each SQLite call while the others run (at 50 annotators most of a save went there). Slow work (a password
+    hash) passes `blocking=True` and runs in a worker thread.
     """
+    import anyio
     import gradio as gr
 
-    def wrapper(args, request=None):
-        try:
-            if not isinstance(args, list):
-                raise UserError("bad call: arguments must come as a list")
-            return {"ok": True, **(fn(args, request) or {})}
-        except UserError as e:
-            return {"ok": False, "error": str(e)}
-        except Exception:
-            logger.exception("%s failed", wrapper.__name__)
-            return {"ok": False, "error": "internal error (logged on the server)"}
+    def call(args: Any, request: Any) -> dict[str, Any]:
+        with timed("handler"):
+            try:
+                if not isinstance(args, list):
+                    raise UserError("bad call: arguments must come as a list")
+                return {"ok": True, **(fn(args, request) or {})}
+            except UserError as e:
+                return {"ok": False, "error": str(e)}
+            except Exception:
+                logger.exception("%s failed", wrapper.__name__)
+                return {"ok": False, "error": "internal error (logged on the server)"}
+
+    async def wrapper(args, request=None):
+        if blocking:
+            return await anyio.to_thread.run_sync(call, args, request)
+        return call(args, request)
 
     wrapper.__name__ = name or fn.__name__
     wrapper.__qualname__ = wrapper.__name__
     wrapper.__doc__ = fn.__doc__
     wrapper.__annotations__ = {"request": gr.Request}
     return wrapper
+
+
+# the phases of the request being served, when `ServerTiming` measures it (None: nobody is measuring)
+_PHASES: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("spanpref_phases", default=None)
+
+
+@contextmanager
+def timed(phase: str) -> Iterator[None]:
+    """Add the time the block takes to `phase` of the request being served (nothing when none is measured)."""
+    phases = _PHASES.get()
+    if phases is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - start
+
+
+class ServerTiming:
+    """ASGI middleware that adds a `Server-Timing` header to every response: `app` (from the request's arrival in
+    the app to its response) and each phase measured with `timed` while serving it, in milliseconds. The phases'
+    dict is shared with the worker thread a handler runs in (threads started for a request copy its context)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        phases: dict[str, float] = {}
+        token = _PHASES.set(phases)
+        start = time.perf_counter()
+
+        async def send_timed(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                times = {"app": time.perf_counter() - start, **phases}
+                value = ", ".join(f"{k};dur={1000 * v:.3f}" for k, v in times.items())
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", value.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            _PHASES.reset(token)
 
 
 class RefuseUploads:
@@ -472,9 +567,18 @@ def lock_down(demo: Any) -> Any:
     return demo
 
 
-def launch_local(demo: Any, port: int, *, host: str = "127.0.0.1", block: bool = True, **kwargs: Any) -> Any:
-    """Serve `demo` on host:port without server-side rendering (which needs node) and without analytics."""
+def launch_local(
+    demo: Any, port: int, *, host: str = "127.0.0.1", block: bool = True, server_timing: bool = False, **kwargs: Any
+) -> Any:
+    """Serve `demo` on host:port without server-side rendering (which needs node) and without analytics; with
+    `server_timing`, every response says where its time went (`ServerTiming`)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if server_timing:
+        from starlette.middleware import Middleware
+
+        app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(ServerTiming)]
+        kwargs["app_kwargs"] = app_kwargs
     demo.queue(default_concurrency_limit=None)
     return demo.launch(
         server_name=host, server_port=port, ssr_mode=False, prevent_thread_lock=not block, quiet=True, **kwargs
