@@ -162,3 +162,53 @@ def test_report_has_table2_plot_agreement_kappa_and_times(tmp_path):
     assert lines[-2].split(" | ")[1] == f"{second.rating:.0f} ({second.ci_low:+.0f}, {second.ci_high:+.0f})"
     assert "Fleiss' κ" in text and "ratings.png" in text and "| human | machine |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_report_shows_each_ai_annotator_against_the_people(tmp_path):
+    from spanpref.feedback.agreement import span_agreement
+
+    folder = tmp_path / "r"
+    import_qa_feedback("bundled", folder, limit=12)
+    repo = DatasetRepo(folder)
+    annotations = repo.read(schema.ANNOTATIONS)
+    texts = {r["response_id"]: r["text"] for r in repo.read(schema.RESPONSES)}
+    # a model annotator that marks the first sentence-sized stretch of every response as disliked
+    ai = [
+        {
+            **a,
+            "annotation_id": f"ai-{a['annotation_id']}",
+            "annotator": "ai:first",
+            "spans": [
+                {
+                    "span_id": 0,
+                    "start": 0,
+                    "end": min(40, len(texts[a["response_id"]])),
+                    "polarity": "dislike",
+                    "reasons": [],
+                    "note": "",
+                }
+            ],
+        }
+        for a in annotations
+    ]
+    judgments = [
+        {
+            "judgment_id": f"j{i}",
+            "judge": "reference",
+            "query_id": f"q{i}",
+            "model_a": "x",
+            "model_b": "y",
+            "winner": "model_a" if i % 3 else "model_b",
+        }
+        for i in range(6)
+    ]
+    repo.write({schema.ANNOTATIONS: annotations + ai, schema.JUDGMENTS: judgments})
+    report = build_report(folder, rounds=50, seed=0)
+    (result,) = report.span_agreement
+    expected = span_agreement(annotations + ai, texts, "human", "ai:first", rounds=50, seed=0)
+    assert result["b"] == "ai:first" and result["responses"] == expected["responses"] == len(annotations)
+    assert result["dislike"]["char_f1"] == pytest.approx(expected["dislike"]["char_f1"])
+    md = report.markdown()
+    assert "## AI span feedback against the people" in md
+    row = next(line for line in md.splitlines() if line.startswith("| ai:first |"))
+    assert f"{expected['dislike']['char_precision']:.2f}" in row and f"{expected['dislike']['char_f1']:.2f}" in row

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from spanpref import schema
-from spanpref.evaluation.elo import compute_ratings
+from spanpref.evaluation.elo import rate_judgments
 from spanpref.io import atomic_write_bytes, atomic_write_text
 from spanpref.repo import RepoError, open_repo
 
@@ -135,6 +135,7 @@ class EvalReport:
     fleiss_kappa: float | None = None
     kappa_items: int = 0
     times: list[TimeSummary] = field(default_factory=list)
+    span_agreement: list[dict[str, Any]] = field(default_factory=list)  # each AI annotator against the people
     notes: list[str] = field(default_factory=list)
 
     def judges_in_order(self) -> list[str]:
@@ -213,8 +214,34 @@ class EvalReport:
                 parts.append(f"| {t.what} | {t.items} | {t.kept} | {mean} | {median} |")
         else:
             parts.append("No annotation times recorded.")
+        if self.span_agreement:
+            parts += [
+                "",
+                "## AI span feedback against the people",
+                "",
+                "Dislike spans of each model annotator against every human annotator's on the responses both "
+                "annotated (character level: a character counts when a span covers it; span level: overlap "
+                "matching; 95% bootstrap intervals over responses).",
+                "",
+                "| Annotator | Responses | Char precision | Char recall | Char F1 | Span F1 | Sentence κ |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for result in self.span_agreement:
+                d = result["dislike"]
+                cells = [
+                    _with_interval(d, m)
+                    for m in ("char_precision", "char_recall", "char_f1", "span_f1", "sentence_kappa")
+                ]
+                parts.append(f"| {result['b']} | {result['responses']} | " + " | ".join(cells) + " |")
         parts += [""] + [f"_{n}_" for n in self.notes]
         return "\n".join(parts).rstrip() + "\n"
+
+
+def _with_interval(block: Mapping[str, Any], name: str) -> str:
+    value, interval = block.get(name), block.get(f"{name}_ci")
+    if value is None:
+        return "–"
+    return f"{value:.2f}" + (f" ({interval[0]:.2f}, {interval[1]:.2f})" if interval else "")
 
 
 def build_report(
@@ -233,7 +260,7 @@ def build_report(
     notes = []
     for judge in sorted({r["judge"] for r in judgments}):
         try:
-            ratings[judge] = compute_ratings(judgments, judge=judge, rounds=rounds, seed=seed, prior=prior)
+            ratings[judge] = rate_judgments(judgments, judge=judge, rounds=rounds, seed=seed, prior=prior)[0].ratings
         except ValueError as e:
             notes.append(f"judge {judge}: no ratings ({e})")
             logger.warning("judge %s: no ratings: %s", judge, e)
@@ -252,8 +279,26 @@ def build_report(
     if repo.has(schema.ANNOTATIONS):
         annotations = repo.read(schema.ANNOTATIONS)
         report.times.append(summarize_times("span annotation (one response)", [a.get("seconds") for a in annotations]))
+        report.span_agreement = _ai_agreement(repo, annotations, rounds=rounds, seed=seed, notes=notes)
     report.times = [t for t in report.times if t.items]
     return report
+
+
+def _ai_agreement(repo: Any, annotations: list[dict], *, rounds: int, seed: int, notes: list[str]) -> list[dict]:
+    """Each AI annotator of the annotations config against the people, where both annotated a response."""
+    from spanpref.feedback.agreement import HUMAN, is_ai, span_agreement
+
+    ai = sorted({a["annotator"] for a in annotations if is_ai(a["annotator"])})
+    if not ai or all(is_ai(a["annotator"]) for a in annotations) or not repo.has(schema.RESPONSES):
+        return []
+    texts = {r["response_id"]: r["text"] for r in repo.read(schema.RESPONSES)}
+    results = []
+    for name in ai:
+        try:
+            results.append(span_agreement(annotations, texts, HUMAN, name, rounds=rounds, seed=seed))
+        except ValueError as e:  # no response annotated by both: said in the report, not fatal
+            notes.append(f"span agreement of {name}: {e}")
+    return results
 
 
 def plot_ratings(report: EvalReport, path: str | os.PathLike) -> Path:
