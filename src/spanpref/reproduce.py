@@ -135,11 +135,22 @@ class ReproduceConfig:
     train_steps: int | None = field(
         default=None, metadata={"help": "optimizer steps of every training run (default: the recipes', one epoch)"}
     )
+    sft_train_steps: int | None = field(
+        default=None, metadata={"help": "optimizer steps of a*-SFT (default: --train-steps)"}
+    )
     max_length: int | None = field(
         default=None, metadata={"help": "longest training sequence in tokens (default: the recipes')"}
     )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "validation pairs each preference run is scored on (default: all)"}
+    )
+    precompute_reference: bool = field(
+        default=True,
+        metadata={
+            "help": "compute the reference log-probs of all training pairs once per construction and share them "
+            "across its runs (pays when runs see most pairs, e.g. full epochs); false: a reference forward pass "
+            "per step (cheaper when runs take a few steps on a large pair set)"
+        },
     )
     save_steps: int | None = field(
         default=None,
@@ -482,14 +493,19 @@ class Reproduction:
         out = self.sft_dir
         if (out / RESULTS_FILE).is_file():
             return f"{out} already trained"
+        # the SFT validation loss decides nothing here: computed once, after training, on a sample
         overrides = {
             **self._common_overrides(),
             "dataset_config": schema.SFT_FULL_REWRITE,
             "output_dir": str(out),
             "model_name_or_path": self.cfg.model,
+            "eval_before_training": False,
+            "max_eval_samples": self.cfg.max_eval_samples,
         }
         if self.cfg.sft_learning_rate is not None:
             overrides["learning_rate"] = self.cfg.sft_learning_rate
+        if self.cfg.sft_train_steps is not None:
+            overrides["max_steps"] = self.cfg.sft_train_steps
         results = train("sft", *load_recipe("sft", find_recipe(self.cfg.sft_recipe), **overrides))
         return f"{out}: {results['train_examples']} a* examples, {results.get('seconds', 0):.0f} s"
 
@@ -515,8 +531,8 @@ class Reproduction:
                 "learning_rate": run.learning_rate,
                 "max_eval_samples": self.cfg.max_eval_samples,
                 "eval_before_training": False,
-                # every run of a construction has the same reference and data: its log-probs are computed once
-                "precompute_ref_log_probs": True,
+                # the runs of a construction share the reference and the data: its log-probs can be computed once
+                "precompute_ref_log_probs": self.cfg.precompute_reference,
                 "ref_logps_cache": str(self.run / "ref_logps"),
                 **parse_overrides(self.cfg.dpo_overrides),
             }
@@ -746,7 +762,8 @@ def render_table2(results: dict[str, Any]) -> str:
         "",
         "Bradley-Terry (Elo) ratings, mean 1500; in brackets the bootstrap 95% interval of each model's difference "
         f"from the best model in that column ({results['rounds']} resamples of the test prompts). Preference runs "
-        "start from a*SFT except (a, b); the loss and learning rate were chosen on validation preference accuracy.",
+        "start from a*SFT except (a, b); the loss and learning rate were chosen on validation preference accuracy. "
+        "Training pairs: the pairs the chosen run trained on (for a*SFT, its a* examples).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
