@@ -303,8 +303,8 @@ class Reproduction:
         return self.cfg.model if construction in FROM_BASE else str(self.sft_dir)
 
     def plan(self) -> list[TrainingRun]:
-        """Every preference run, construction by construction (runs of one construction share the reference
-        log-probs, computed once)."""
+        """Every preference run, construction by construction (with `precompute_reference`, the runs of one
+        construction share its reference log-probs)."""
         runs = []
         for c in self.cfg.constructions:
             for loss in self.cfg.losses:
