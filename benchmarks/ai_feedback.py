@@ -11,6 +11,7 @@ at the humans' rate (span count per response and span lengths taken from the tra
     python benchmarks/ai_feedback.py                         # everything (the llm part takes ~12 s per response)
     python benchmarks/ai_feedback.py --llm-responses 0       # reward models and baselines only
     python benchmarks/ai_feedback.py --llm-responses 40      # later: adds llm rows up to 40 (resumes the others)
+    python benchmarks/ai_feedback.py --ab-pairs 24           # also A/B choices on 24 pairs people compared
 
 The work folder keeps the data, the reward models and the AI rows, so a rerun reuses what is done (the
 annotate stage skips responses it already has).
@@ -122,15 +123,42 @@ def sentence_spans(text: str) -> list[dict[str, Any]]:
     return [{"start": s.start, "end": s.end, "polarity": schema.DISLIKE, "reasons": []} for s in split_sentences(text)]
 
 
-def run_llm(held: Path, n: int, threads: int, ctx: int) -> dict[str, Any]:
+def run_llm(held: Path, n: int, ab_pairs: int, threads: int, ctx: int) -> None:
     from spanpref.backends import build_backend
     from spanpref.llama_server import LlamaServer
 
     with LlamaServer(n_threads=threads, n_ctx=ctx, cache_prompt=False) as server:
         backend = build_backend("openai", base_url=server.base_url, max_concurrency=1, progress=False)
-        report = annotate_with_ai(str(held), AIAnnotatorConfig(limit=n, chunk_size=4, progress=False), backend)
-    print(report.summary() + "\n")
-    return report.to_dict()
+        if n:
+            report = annotate_with_ai(str(held), AIAnnotatorConfig(limit=n, chunk_size=4, progress=False), backend)
+            print(report.summary() + "\n")
+        if ab_pairs:
+            # limit caps the responses (done above, so skipped) and the A/B pairs alike
+            cfg = AIAnnotatorConfig(limit=ab_pairs, compare=True, chunk_size=4, progress=False)
+            report = annotate_with_ai(str(held), cfg, backend)
+            print(report.summary())
+            ab_baselines(held)
+
+
+def ab_baselines(held: Path) -> None:
+    """The llm's A/B choices against the people's, next to always answering the same."""
+    comparisons = open_repo(held).read(schema.COMPARISONS)
+    mine = {(c["response_a"], c["response_b"]): c["choice"] for c in comparisons if c["annotator"] == "ai:llm"}
+    human = [
+        (c["choice"], mine[(c["response_a"], c["response_b"])])
+        for c in comparisons
+        if not is_ai(c["annotator"]) and (c["response_a"], c["response_b"]) in mine
+    ]
+    if not human:
+        return
+    same = np.mean([h == m for h, m in human])
+    const = {k: np.mean([h == k for h, _ in human]) for k in schema.CHOICES}
+    picks = {k: sum(m == k for m in mine.values()) for k in schema.CHOICES}
+    print(
+        f"A/B on {len(human)} pairs: the llm agrees with the person on {same:.1%} (its choices {picks}); always "
+        + ", ".join(f"{k!r}: {v:.1%}" for k, v in const.items())
+        + "\n"
+    )
 
 
 def cell(block: dict[str, Any], name: str) -> str:
@@ -165,6 +193,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="outputs/bench_ai_feedback", help="work folder (reused by reruns)")
     p.add_argument("--llm-responses", type=int, default=40, help="held-out responses for the llm annotator (0: none)")
+    p.add_argument("--ab-pairs", type=int, default=0, help="A/B choices of the llm annotator on this many pairs")
     p.add_argument("--epochs", type=int, default=30, help="reward-model head epochs")
     p.add_argument("--threads", type=int, default=2, help="llama.cpp decoding threads")
     p.add_argument("--ctx", type=int, default=4096, help="llama.cpp context per request")
@@ -187,8 +216,8 @@ def main() -> None:
             str(held), AIAnnotatorConfig(annotator="reward-models", reward_models=models, progress=False)
         )
         print(report.summary() + "\n")
-    if args.llm_responses:
-        run_llm(held, args.llm_responses, args.threads, args.ctx)
+    if args.llm_responses or args.ab_pairs:
+        run_llm(held, args.llm_responses, args.ab_pairs, args.threads, args.ctx)
 
     texts = {r["response_id"]: r["text"] for r in repo.read(schema.RESPONSES)}
     anns = repo.read(schema.ANNOTATIONS)

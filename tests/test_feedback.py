@@ -20,7 +20,12 @@ from spanpref import schema
 from spanpref.backends import Backend, Completion, Usage
 from spanpref.errors import InputError, UsageError
 from spanpref.feedback.annotate import AIAnnotatorConfig, annotate_with_ai
-from spanpref.feedback.annotators import annotation_schema, load_annotator_settings, parse_annotation_reply
+from spanpref.feedback.annotators import (
+    annotation_schema,
+    annotator_needs_backend,
+    load_annotator_settings,
+    parse_annotation_reply,
+)
 from spanpref.feedback.quotes import locate_quote
 from spanpref.repo import open_repo
 from spanpref.taxonomy import load_taxonomy
@@ -152,6 +157,7 @@ def test_the_reply_schema_lists_the_taxonomy():
     assert dislike["properties"]["reasons"]["items"]["enum"] == [r.id for r in tax.reasons("dislike")]
     assert like["properties"]["reasons"]["items"]["enum"] == [r.id for r in tax.reasons("like")]
     assert body["properties"]["spans"]["maxItems"] == settings.max_spans
+    assert annotator_needs_backend("llm") and not annotator_needs_backend("reward-models")
     free, _ = load_annotator_settings("llm", constrain_reasons=False)
     item = annotation_schema(tax, free)["json_schema"]["schema"]["properties"]["spans"]["items"]
     assert item["properties"]["reasons"]["items"] == {"type": "string"}
@@ -237,6 +243,7 @@ def test_all_responses_and_ab_choices(repo_copy):
     assert {(c["response_a"], c["response_b"]) for c in mine} <= set(pairs)
     humans_choice = [pairs[(c["response_a"], c["response_b"])]["choice"] for c in mine]
     assert report.choice_agreement == pytest.approx(humans_choice.count("a") / len(humans_choice))
+    assert (report.prompt_tokens, report.completion_tokens) == (8 * 100 + 8 * 50, 8 * 40 + 8 * 10)
     with pytest.raises(UsageError, match="needs a generation backend"):
         annotate_with_ai(str(repo_copy), AIAnnotatorConfig(name="x", progress=False), None)
 

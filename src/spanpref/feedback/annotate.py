@@ -405,6 +405,8 @@ def _count(
     same = []
     for r in comparison_records:
         report.comparison_format_errors += r["format_errors"]
+        report.prompt_tokens += r.get("prompt_tokens", 0)
+        report.completion_tokens += r.get("completion_tokens", 0)
         if r["row"] is not None:
             report.comparisons += 1
             key = (r["row"]["response_a"], r["row"]["response_b"])

@@ -443,7 +443,14 @@ class LLMAnnotator(AIAnnotator):
             )
         fmt = self.choice_schema() if self.settings.structured else None
         out = {
-            t["comparison_id"]: {"comparison_id": t["comparison_id"], "row": None, "format_errors": 0, "error": ""}
+            t["comparison_id"]: {
+                "comparison_id": t["comparison_id"],
+                "row": None,
+                "format_errors": 0,
+                "error": "",
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+            }
             for t in tasks
         }
         pending = list(tasks)
@@ -463,6 +470,8 @@ class LLMAnnotator(AIAnnotator):
             again = []
             for t, completions in zip(pending, replies, strict=True):
                 rec = out[t["comparison_id"]]
+                rec["prompt_tokens"] += completions[0].prompt_tokens
+                rec["completion_tokens"] += completions[0].completion_tokens
                 choice, rationale, error = parse_choice_reply(completions[0])
                 if error:
                     rec["format_errors"] += 1
@@ -576,6 +585,12 @@ class RewardModelAnnotator(AIAnnotator):
 ANNOTATORS: dict[str, type[AIAnnotator]] = {"llm": LLMAnnotator, "reward-models": RewardModelAnnotator}
 
 
+def annotator_needs_backend(name_or_dir: str | Path) -> bool:
+    """Whether an annotator folder's kind generates text (so a command builds a backend only when it does)."""
+    settings, _ = load_annotator_settings(name_or_dir)
+    return ANNOTATORS[settings.kind].needs_backend
+
+
 def build_annotator(
     name_or_dir: str | Path, *, name: str | None = None, taxonomy: Taxonomy | None = None, **overrides: Any
 ) -> AIAnnotator:
@@ -599,6 +614,7 @@ __all__ = [
     "ParsedReply",
     "RewardModelAnnotator",
     "annotation_schema",
+    "annotator_needs_backend",
     "build_annotator",
     "load_annotator_settings",
     "parse_annotation_reply",
