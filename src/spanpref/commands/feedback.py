@@ -28,10 +28,10 @@ class FeedbackAIOptions:
 )
 def ai(args: FeedbackAIOptions, cfg: AIAnnotatorConfig, backend: BackendConfig) -> None:
     from spanpref.feedback.annotate import annotate_with_ai
-    from spanpref.feedback.annotators import build_annotator
+    from spanpref.feedback.annotators import annotator_needs_backend
 
-    needs_backend = build_annotator(cfg.annotator, name=cfg.name, **cfg.overrides()).needs_backend
-    print(annotate_with_ai(args.folder, cfg, backend.build() if needs_backend else None).summary())
+    built = backend.build() if annotator_needs_backend(cfg.annotator) else None
+    print(annotate_with_ai(args.folder, cfg, built).summary())
 
 
 @dataclass(kw_only=True)
