@@ -126,6 +126,13 @@ class AnnotateConfig:
         default=None, metadata={"help": "log in with Hugging Face OAuth (default: on when running in a Space)"}
     )
     title: str = field(default="spanpref annotation", metadata={"help": "page title"})
+    suggestions: str | None = field(
+        default="all",
+        metadata={
+            "help": "AI annotators whose spans are shown as suggestions to accept or reject: all (every ai:* "
+            "annotator in the repo), one ai:<name>, or none"
+        },
+    )
     export_only: bool = field(default=False, metadata={"help": "export the store to the repo and exit"})
     server_timing: bool = field(
         default=False,
