@@ -100,6 +100,10 @@ def test_tiny_reproduction_end_to_end_then_a_rerun_skips_everything(tmp_path, mo
         row = results["methods"][construction]
         assert (row["loss"], row["learning_rate"]) == _best_by_hand(found), construction
         assert row["train_pairs"] > 0 and Path(row["model"]).name == f"{row['loss']}-lr{row['learning_rate']:g}"
+        # only the chosen run of a construction keeps its weights
+        for loss, lr, _ in found:
+            out = run.models / construction / f"{loss}-lr{lr:g}"
+            assert (out / "model.safetensors").is_file() == (str(out) == row["model"]), out
     assert results["methods"]["sft"]["train_pairs"] > 0 and results["methods"]["base"]["train_pairs"] is None
 
     # a rerun finds every stage done: no training, no change to the state

@@ -156,6 +156,14 @@ class ReproduceConfig:
         default=None,
         metadata={"help": "checkpoint every N steps, so that an interrupted run resumes (default: no checkpoints)"},
     )
+    keep_models: bool = field(
+        default=False,
+        metadata={
+            "help": "keep the weights of every preference run; false: once a run is not its construction's best on "
+            "validation so far, its weights are deleted (results, config, card and any LoRA adapter stay), so "
+            "the grid needs the disk of one model per construction, not one per run"
+        },
+    )
     train_overrides: list[str] = field(
         default_factory=list,
         metadata={"help": "key=value settings (YAML values) for every training run, e.g. use_peft=true bf16=true"},
@@ -543,11 +551,32 @@ class Reproduction:
             after = _numeric(results.get("after"))
             if SELECTION_METRIC not in after:
                 raise InputError(f"{run.run_id}: no validation {SELECTION_METRIC} (empty validation split?)")
+            if not self.cfg.keep_models:
+                self.prune(run.construction)
             lines.append(
                 f"{run.run_id}: {results['train_examples']} pairs, validation accuracy "
                 f"{after[SELECTION_METRIC]:.3f}, margin {after.get(TIE_BREAK, math.nan):.3f}"
             )
         return "\n".join(lines)
+
+    def prune(self, construction: str) -> None:
+        """Delete the weights of the finished runs of `construction` that are not its best so far. The final
+        choice is the best of all runs by the same rule, so it is never among them."""
+        finished = [r for r in self.plan() if r.construction == construction]
+        finished = [r for r in finished if (Path(r.output_dir) / RESULTS_FILE).is_file()]
+        best = select_runs(finished)[construction]["chosen"]["output_dir"]
+        for run in finished:
+            out = Path(run.output_dir)
+            if run.output_dir == best:
+                continue
+            weights = [*out.glob("*.safetensors"), *out.glob("*.safetensors.index.json"), *out.glob("checkpoint-*")]
+            for path in weights:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            if weights:
+                logger.info("%s: not the best %s run so far; its weights are deleted", run.run_id, construction)
 
     def stage_select(self) -> str:
         selection = select_runs(self.plan())
