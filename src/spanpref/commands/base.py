@@ -137,6 +137,8 @@ class CommandParser(HfArgumentParser):
             kwargs: dict[str, Any] = {"type": tp, "default": argparse.SUPPRESS, "help": help_text}
             if tp is bool:
                 kwargs.update(type=string_to_bool, nargs="?", const=True)
+            elif typing.get_origin(tp) is list:
+                kwargs.update(type=typing.get_args(tp)[0], nargs="+")
             self.add_argument(*_long_options(name), **kwargs)
 
 

@@ -62,10 +62,10 @@ class EvalJudgeOptions:
 
 @command(
     "eval judge",
-    "judge every model pair on every prompt (reference, llm or alpaca_eval)",
+    "judge every model pair on every prompt (reference, llm, alpaca_eval or reward_models)",
     EvalJudgeOptions,
     BackendConfig,
-    Overrides(JudgeConfig, ("temperature", "max_new_tokens"), "the judge's config.yaml"),
+    Overrides(JudgeConfig, ("temperature", "max_new_tokens", "reward_models", "threshold"), "the judge's config.yaml"),
 )
 def judge(args: EvalJudgeOptions, backend: BackendConfig, overrides: dict) -> None:
     from spanpref.evaluation.judges import build_judge, judge_outputs, load_judge_config
@@ -80,6 +80,7 @@ def judge(args: EvalJudgeOptions, backend: BackendConfig, overrides: dict) -> No
         model=backend.model,
         seed=args.seed,
         name=args.judge_id,
+        reward_models=overrides.pop("reward_models", None),
     )
     if overrides and hasattr(judge, "config"):
         judge.config = replace(judge.config, **overrides)
