@@ -97,6 +97,7 @@ class Span:
     reasons: list[str] = field(default_factory=list)
     note: str = ""
     fix: str = ""  # the annotator's suggested replacement for a dislike span's text ("": none given)
+    source: str = ""  # the AI annotator ("ai:<name>") whose suggested span the annotator accepted ("": drawn by them)
 
 
 @dataclass
@@ -105,6 +106,15 @@ class ResponseReason:
 
     reason: str
     note: str = ""
+
+
+@dataclass
+class SuggestionTally:
+    """What an annotator did with the AI-suggested spans shown on a response (the rest were left untouched)."""
+
+    shown: int = 0
+    accepted: int = 0
+    rejected: int = 0
 
 
 @dataclass
@@ -117,6 +127,7 @@ class Annotation:
     seconds: float | None = None
     taxonomy: str = ""  # "<name>@<version>" of the taxonomy the reasons come from
     reference_rewrite: str | None = None  # a human-corrected response, where the source has one
+    suggestions: SuggestionTally | None = None  # AI-suggested spans shown to the annotator; None: none were
 
 
 @dataclass

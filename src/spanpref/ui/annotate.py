@@ -29,6 +29,7 @@ from spanpref.ui.annotate_service import AnnotateConfig, AnnotationService, Expo
 from spanpref.ui.annotate_store import AnnotationStore, default_db_path
 from spanpref.ui.common import App, UserError, lock_down, on_spaces, server_function, state_dir
 from spanpref.ui.hub_sync import HubSync
+from spanpref.ui.suggestions import attach as attach_suggestions
 
 __all__ = [
     "AnnotateConfig",
@@ -81,6 +82,7 @@ def build_app(config: AnnotateConfig, service: AnnotationService | None = None) 
     import gradio as gr
 
     service = service or AnnotationService(config)
+    suggestions = attach_suggestions(service)
 
     def fn(name: str, body: Any, *, blocking: bool = False) -> Any:
         return server_function(body, name=name, blocking=blocking)
@@ -90,10 +92,15 @@ def build_app(config: AnnotateConfig, service: AnnotationService | None = None) 
         fn("login_oauth", lambda a, req: service.login_oauth(req)),
         fn("resume", lambda a, req: service.resume(a[0] if a else None)),
         fn("logout", lambda a, req: service.logout(a[0] if a else None)),
-        fn("get_item", lambda a, req: service.get_item(*(a + [None] * 2)[:2])),
+        fn(
+            "get_item",
+            lambda a, req: suggestions.add_to_item(a[0] if a else None, service.get_item(*(a + [None] * 2)[:2])),
+        ),
         fn("save_span", lambda a, req: service.save_span(*(a + [None] * 5)[:5])),
         fn("delete_span", lambda a, req: service.delete_span(*(a + [None] * 4)[:4])),
         fn("save_item", lambda a, req: service.save_item(*(a + [None] * 4)[:4])),
+        fn("reject_suggestion", lambda a, req: suggestions.reject(*(a + [None] * 4)[:4])),
+        fn("restore_suggestions", lambda a, req: suggestions.restore(*(a + [None] * 3)[:3])),
     ]
     with gr.Blocks(title=config.title) as blocks:
         gr.Markdown(f"## {config.title}")
@@ -141,7 +148,8 @@ def build_space_app(environ: Any = None) -> App:
     """The app as a Hugging Face Space runs it, configured by Space variables (see spaces/annotate/README.md):
     `SPANPREF_ANNOTATE_DATA` (a Hub dataset id or a folder), `SPANPREF_ANNOTATE_PUSH` (dataset to push to;
     default: the data's id), `SPANPREF_ANNOTATORS` (comma-separated HF names; default: anyone signed in),
-    `SPANPREF_OVERLAP`, `SPANPREF_ITEMS_PER_ANNOTATOR` and `SPANPREF_SESSION_HOURS`. State (database, working
+    `SPANPREF_OVERLAP`, `SPANPREF_ITEMS_PER_ANNOTATOR`, `SPANPREF_SESSION_HOURS` and `SPANPREF_SUGGESTIONS` (AI
+    spans offered: all, an ai:<name>, or none). State (database, working
     copy of the dataset) lives where `spanpref.ui.common.state_dir` says."""
     env = os.environ if environ is None else environ
     data = env.get("SPANPREF_ANNOTATE_DATA")
@@ -166,6 +174,7 @@ def build_space_app(environ: Any = None) -> App:
         items_per_annotator=int(per) if per else None,
         session_hours=float(env.get("SPANPREF_SESSION_HOURS") or 12.0),
         annotators=[a.strip() for a in env.get("SPANPREF_ANNOTATORS", "").split(",") if a.strip()] or None,
+        suggestions=env.get("SPANPREF_SUGGESTIONS") or "all",
     )
     app = build_app(config)
     app.exporter = BackgroundExporter(app.service, config.export_every).start()
@@ -177,6 +186,7 @@ def build_space_app(environ: Any = None) -> App:
 def run_annotate(args: AnnotateConfig) -> None:
     if args.export_only:
         service = AnnotationService(args)
+        attach_suggestions(service)
         report = service.export()
         print(report.summary() if report else "nothing to export yet")
         return

@@ -24,7 +24,7 @@ import sys
 import threading
 from typing import Any
 
-from spanpref.ui.annotate_service import AnnotateConfig, AnnotationService, ExportReport, StoreExport, load_items
+from spanpref.ui.annotate_service import AnnotateConfig, AnnotationService, ExportReport, load_items
 from spanpref.ui.annotate_store import AnnotationStore, default_db_path
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,10 @@ def main() -> None:
 
     repo = open_repo(config.folder)
     store = AnnotationStore(config.db or default_db_path(config.folder), readonly=True)
-    export = StoreExport(store, repo, load_items(repo, seed=None), load_taxonomy(config.taxonomy))
+    from spanpref.ui.suggestions import export_for
+
+    # the same export as the app's (`spanpref.ui.suggestions.attach`): accepted AI suggestions keep their source
+    export = export_for(config, store, repo, load_items(repo, seed=None), load_taxonomy(config.taxonomy))
     for _ in sys.stdin:
         try:
             report = export.write()

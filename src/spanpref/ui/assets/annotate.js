@@ -8,7 +8,8 @@
   root.dataset.started = "1";
   const OAUTH = root.dataset.oauth === "1";
   const TOKEN_KEY = "spanpref.annotate.token";
-  const st = { token: null, info: null, item: null, mode: "dislike", popup: null, busy: false };
+  // sg: the AI suggestion the A / E / R keys act on, as {k, id}
+  const st = { token: null, info: null, item: null, mode: "dislike", popup: null, busy: false, sg: null };
 
   // ---- small DOM helper: h("div", {class: "x", text: "y", onclick: f}, child, "text child") -------------
   function h(tag, attrs, ...children) {
@@ -199,6 +200,9 @@
         return;
       }
       st.item = r.item;
+      st.sg = null;
+      for (const resp of st.item.responses) resp.suggestions = resp.suggestions || [];
+      pickSuggestion(0);
       takeSeconds();
       renderItem();
     } catch (e) {
@@ -237,10 +241,15 @@
     const box = h("div", { class: "sp-text", dataset: { k: String(k), responseId: r.response_id } });
     box.addEventListener("mouseup", (ev) => setTimeout(() => onPointerUp(k, ev), 0));
     const list = h("ol", { class: "sp-spans" });
+    const sgList = h("ol", { class: "sp-sg-list" });
+    const sgBox = h("div", { class: "sp-sgbox", dataset: { k: String(k) } },
+      h("div", { class: "sp-group-label", text: "AI suggestions (S: next one; A: accept, E: edit, R: reject)" }), sgList);
     const col = h("div", { class: "sp-col", dataset: { k: String(k) } },
-      h("h4", { text: "Response " + "AB"[k] }), box, list, renderResponseReasons(r, k));
+      h("h4", { text: "Response " + "AB"[k] }), box, list, sgBox, renderResponseReasons(r, k));
     r._box = box;
     r._list = list;
+    r._sgBox = sgBox;
+    r._sgList = sgList;
     paintText(k);
     return col;
   }
@@ -269,6 +278,9 @@
     const text = r.text;
     const cuts = new Set([0, text.length]);
     for (const s of r.spans) { cuts.add(s.start16); cuts.add(s.end16); }
+    // AI suggestions not yet accepted or rejected: outlined (dashed) under or over the annotator's own highlights
+    const sgs = r.suggestions || [];
+    for (const s of sgs) { cuts.add(s.start16); cuts.add(s.end16); }
     const at = [...cuts].sort((x, y) => x - y);
     const nodes = [];
     const current = st.popup && st.popup.k === k && st.popup.span.span_id;
@@ -276,20 +288,156 @@
       const a = at[i], b = at[i + 1];
       const piece = text.slice(a, b);
       const cover = r.spans.filter((s) => s.start16 <= a && s.end16 >= b);
-      if (!cover.length) { nodes.push(document.createTextNode(piece)); continue; }
+      const sgCover = sgs.filter((s) => s.start16 <= a && s.end16 >= b);
+      let node = document.createTextNode(piece);
+      if (sgCover.length) {
+        const pols = new Set(sgCover.map((s) => s.polarity));
+        const cur = st.sg && st.sg.k === k && sgCover.some((s) => s.id === st.sg.id);
+        node = h("span", { class: "sp-sg sg-" + (pols.size > 1 ? "both" : sgCover[0].polarity) + (cur ? " sg-current" : ""),
+                           dataset: { sg: sgCover.map((s) => s.id).join(",") },
+                           title: sgCover.map((s) => `${s.source} suggests ${s.polarity}`).join("; ") }, node);
+      }
+      if (!cover.length) { nodes.push(node); continue; }
       const likes = cover.filter((s) => s.polarity === "like").length;
       const cls = [likes && likes < cover.length ? "both" : likes ? "like" : "dislike"];
       if (cover.length > 1 && !cls.includes("both")) cls.push("deep");
       if (current && cover.some((s) => s.span_id === current)) cls.push("current");
       const starting = cover.filter((s) => s.start16 === a).map((s) => s.span_id);
       nodes.push(h("mark", { class: cls.join(" "), dataset: { ids: cover.map((s) => s.span_id).join(",") },
-                             "data-label": starting.length ? starting.join(",") : null }, piece));
+                             "data-label": starting.length ? starting.join(",") : null }, node));
     }
     r._box.replaceChildren(...nodes);
+    paintSuggestions(k);
     r._list.replaceChildren(...r.spans.map((s) => h("li", { class: s.polarity, dataset: { spanId: String(s.span_id) },
       onclick: () => openPopup({ k, span: { ...s }, isNew: false }, r._box.getBoundingClientRect()) },
       `#${s.span_id} ${s.polarity} “${s.text}” `, h("span", { text: s.reasons.map(reasonLabel).join("; ") + (s.note ? " — " + s.note : "") }),
-      s.fix ? h("span", { class: "sp-fix-shown", text: " → “" + s.fix + "”" }) : null)));
+      s.fix ? h("span", { class: "sp-fix-shown", text: " → “" + s.fix + "”" }) : null,
+      s.source ? h("span", { class: "sp-src", text: " (suggested by " + s.source + ")" }) : null)));
+  }
+
+  // ---- AI suggestions -------------------------------------------------------------------------------------
+  function paintSuggestions(k) {
+    const r = st.item.responses[k];
+    const sgs = r.suggestions || [];
+    const rows = sgs.map((s) => {
+      const cur = st.sg && st.sg.k === k && st.sg.id === s.id;
+      return h("li", { class: "sp-sg-item " + s.polarity + (cur ? " current" : ""), dataset: { sg: s.id },
+                       onclick: (e) => { if (e.target.tagName !== "BUTTON") { st.sg = { k, id: s.id }; paintText(k); } } },
+        h("span", { class: "sp-sg-who", text: s.source }), ` suggests ${s.polarity} “${s.text}” `,
+        h("span", { text: s.reasons.map(reasonLabel).join("; ") + (s.note ? " — " + s.note : "") }), " ",
+        h("button", { type: "button", class: "sp-sg-accept", text: "Accept", title: "Make it your span (A)",
+                      onclick: () => acceptSuggestion(k, s.id) }),
+        h("button", { type: "button", class: "sp-sg-edit", text: "Edit", title: "Change it, then save it as yours (E)",
+                      onclick: () => editSuggestion(k, s.id) }),
+        h("button", { type: "button", class: "sp-sg-reject", text: "Reject", title: "Hide it (R)",
+                      onclick: () => rejectSuggestion(k, s.id) }));
+    });
+    const hidden = r.rejected_suggestions || 0;
+    if (hidden) rows.push(h("li", { class: "sp-sg-restore" }, h("button", { type: "button",
+      text: `Show the ${hidden} rejected suggestion${hidden > 1 ? "s" : ""} again`, onclick: () => restoreSuggestions(k) })));
+    r._sgList.replaceChildren(...rows);
+    r._sgBox.classList.toggle("sp-hidden", !rows.length);
+  }
+
+  // the pending suggestions of both responses in page order, as [k, id]
+  function pendingSuggestions() {
+    return st.item ? st.item.responses.flatMap((r, k) => (r.suggestions || []).map((s) => [k, s.id])) : [];
+  }
+
+  // Make the suggestion `step` places after the current one current (0: keep it, or the one now in its place).
+  function pickSuggestion(step, from) {
+    const all = pendingSuggestions();
+    if (!all.length) { st.sg = null; return; }
+    let i = from !== undefined ? from : all.findIndex(([k, id]) => st.sg && st.sg.k === k && st.sg.id === id);
+    if (i < 0) i = 0;
+    i = ((i + step) % all.length + all.length) % all.length;
+    st.sg = { k: all[i][0], id: all[i][1] };
+  }
+
+  function currentSuggestion() {
+    if (!st.item || !st.sg) return null;
+    const r = st.item.responses[st.sg.k];
+    const s = (r.suggestions || []).find((x) => x.id === st.sg.id);
+    return s ? [st.sg.k, s] : null;
+  }
+
+  // Take suggestion `id` off response k's pending list and make the one after it current.
+  function settleSuggestion(k, id) {
+    const r = st.item.responses[k];
+    const at = pendingSuggestions().findIndex(([kk, x]) => kk === k && x === id);
+    r.suggestions = (r.suggestions || []).filter((x) => x.id !== id);
+    pickSuggestion(0, Math.max(0, Math.min(at, pendingSuggestions().length - 1)));
+    for (let kk = 0; kk < st.item.responses.length; kk++) paintText(kk);
+    const li = st.sg && root.querySelector(`.sp-sg-item[data-sg="${st.sg.id}"]`);
+    if (li) li.scrollIntoView({ block: "nearest" });
+  }
+
+  function addSpan(r, span) {
+    const i = r.spans.findIndex((x) => x.span_id === span.span_id);
+    if (i >= 0) r.spans[i] = span; else r.spans.push(span);
+    r.spans.sort((x, y) => x.start - y.start || x.span_id - y.span_id);
+  }
+
+  async function acceptSuggestion(k, id) {
+    const r = st.item && st.item.responses[k];
+    const s = r && (r.suggestions || []).find((x) => x.id === id);
+    if (!s || st.busy) return;
+    st.busy = true;
+    status("saving…", "busy");
+    try {
+      // the suggestion's id is the span's key: the server knows the span came from it, and a retry saves it once
+      const res = await call("save_span", st.token, st.item.item_id, r.response_id,
+        { span_id: null, key: s.id, start: s.start16, end: s.end16, polarity: s.polarity, reasons: s.reasons, note: "", fix: "" },
+        takeSeconds());
+      addSpan(r, { ...res.span, source: s.source, suggested: s });
+      settleSuggestion(k, id);
+      status(`Accepted ✓ (span #${res.span.span_id})`, "ok");
+    } catch (e) {
+      status(e.message, "err");
+    } finally {
+      st.busy = false;
+    }
+  }
+
+  function editSuggestion(k, id) {
+    const r = st.item && st.item.responses[k];
+    const s = r && (r.suggestions || []).find((x) => x.id === id);
+    if (!s) return;
+    st.sg = { k, id };
+    const li = root.querySelector(`.sp-sg-item[data-sg="${id}"]`);
+    openPopup({ k, isNew: true, suggested: s, span: { start16: s.start16, end16: s.end16, polarity: s.polarity, reasons: [...s.reasons],
+                                                      note: "", fix: "", key: s.id, text: s.text, source: s.source } },
+              (li || r._box).getBoundingClientRect());
+  }
+
+  async function rejectSuggestion(k, id) {
+    const r = st.item && st.item.responses[k];
+    if (!r || st.busy) return;
+    st.busy = true;
+    status("saving…", "busy");
+    try {
+      await call("reject_suggestion", st.token, st.item.item_id, r.response_id, id);
+      r.rejected_suggestions = (r.rejected_suggestions || 0) + 1;
+      settleSuggestion(k, id);
+      status("Rejected the suggestion ✓", "ok");
+    } catch (e) {
+      status(e.message, "err");
+    } finally {
+      st.busy = false;
+    }
+  }
+
+  async function restoreSuggestions(k) {
+    const r = st.item && st.item.responses[k];
+    if (!r || st.busy) return;
+    try {
+      await call("restore_suggestions", st.token, st.item.item_id, r.response_id);
+    } catch (e) {
+      status(e.message, "err");
+      return;
+    }
+    // the answers typed on the page are saved first: the item is drawn again from the server
+    if (await saveItem(false)) await loadItem(st.item.index);
   }
 
   function offsetWithin(box, node, offset) {
@@ -327,6 +475,12 @@
       const ids = mark.dataset.ids.split(",").map(Number);
       const spans = r.spans.filter((s) => ids.includes(s.span_id)).sort((x, y) => (x.end16 - x.start16) - (y.end16 - y.start16));
       if (spans.length) openPopup({ k, isNew: false, span: { ...spans[0] }, others: spans.slice(1) }, mark.getBoundingClientRect());
+      return;
+    }
+    const sg = ev.target && ev.target.closest ? ev.target.closest(".sp-sg") : null;
+    if (sg && box.contains(sg)) {
+      st.sg = { k, id: sg.dataset.sg.split(",")[0] };
+      paintText(k);
     }
   }
 
@@ -366,7 +520,9 @@
       h("textarea", { rows: 2, name: "fix", maxlength: st.info.bounds.fix, placeholder: "leave empty if you have none; a single space deletes the span's text",
                       value: s.fix || "" })) : null;
     const parts = [
-      h("div", { class: "sp-group-label", text: (ctx.isNew ? "New " : "Edit ") + pol + " span" + (s.span_id ? " #" + s.span_id : "") }),
+      h("div", { class: "sp-group-label", text: ctx.suggested ? `Suggestion from ${s.source}: save it as your ${pol} span`
+                                                : (ctx.isNew ? "New " : "Edit ") + pol + " span" + (s.span_id ? " #" + s.span_id : "") }),
+      s.source && !ctx.suggested ? h("div", { class: "sp-src", text: "suggested by " + s.source }) : null,
       h("div", { class: "sp-quote", text: "“" + s.text + "”" }),
       h("div", {}, polSwitch),
       groups,
@@ -406,12 +562,10 @@
       const res = await call("save_span", st.token, st.item.item_id, r.response_id,
         { span_id: s.span_id || null, key: s.key || null, start: s.start16, end: s.end16, polarity: s.polarity, reasons, note, fix },
         takeSeconds());
-      const i = r.spans.findIndex((x) => x.span_id === res.span.span_id);
-      if (i >= 0) r.spans[i] = res.span; else r.spans.push(res.span);
-      r.spans.sort((x, y) => x.start - y.start || x.span_id - y.span_id);
+      addSpan(r, { ...res.span, source: s.source || "", suggested: ctx.suggested || s.suggested || null });
       st.popup = null;
       popup.classList.add("sp-hidden");
-      paintText(ctx.k);
+      if (ctx.suggested) settleSuggestion(ctx.k, ctx.suggested.id); else paintText(ctx.k);
       status(`Saved ✓ (span #${res.span.span_id})`, "ok");
     } catch (e) {
       status(e.message, "err");
@@ -429,6 +583,11 @@
     try {
       await call("delete_span", st.token, st.item.item_id, r.response_id, ctx.span.span_id);
       r.spans = r.spans.filter((x) => x.span_id !== ctx.span.span_id);
+      const back = ctx.span.suggested;  // a deleted accepted suggestion is offered again, as the server does
+      if (back && !r.suggestions.some((x) => x.id === back.id)) {
+        r.suggestions.push(back);
+        r.suggestions.sort((x, y) => x.start - y.start || x.end - y.end);
+      }
       st.popup = null;
       popup.classList.add("sp-hidden");
       paintText(ctx.k);
@@ -497,6 +656,12 @@
     else if (key === "2") { radios.b.checked = true; onChoice(); }
     else if (key === "n") go(1);
     else if (key === "p") go(-1);
+    else if (key === "s") { pickSuggestion(e.shiftKey ? -1 : 1); for (let k = 0; k < st.item.responses.length; k++) paintText(k); }
+    else if (key === "a" || key === "e" || key === "r") {
+      const cur = currentSuggestion();
+      if (!cur) return;
+      ({ a: acceptSuggestion, e: editSuggestion, r: rejectSuggestion })[key](cur[0], cur[1].id);
+    }
     else return;
     e.preventDefault();
   });
