@@ -28,15 +28,19 @@ class Page:
         (self.cid,) = [c["id"] for c in cfg["components"] if c.get("props", {}).get("server_fns")]
 
     def __call__(self, fn: str, *args):
-        r = requests.post(self.url + "gradio_api/component_server/", timeout=30,
-                          json={"data": list(args), "component_id": self.cid, "session_hash": "t", "fn_name": fn})  # fmt: skip
+        r = requests.post(
+            self.url + "gradio_api/component_server/",
+            timeout=30,
+            json={"data": list(args), "component_id": self.cid, "session_hash": "t", "fn_name": fn},
+        )
         r.raise_for_status()
         return r.json()
 
 
 def annotate_service(folder: Path, db: Path, **kw) -> annotate.AnnotationService:
-    cfg = annotate.AnnotateConfig(folder=str(folder), db=str(db), overlap=1, shuffle=False, swap_ab=False,
-                                  export_every=0, **kw)  # fmt: skip
+    cfg = annotate.AnnotateConfig(
+        folder=str(folder), db=str(db), overlap=1, shuffle=False, swap_ab=False, export_every=0, **kw
+    )
     return annotate.AnnotationService(cfg)
 
 
@@ -51,8 +55,11 @@ def work_calls(page: Page, token: str) -> list[dict]:
         return [got]
     iid = got["item"]["item_id"]
     rid = got["item"]["responses"][0]["response_id"]
-    return [got, page("save_span", token, iid, rid, {"start": 0, "end": 3, "polarity": "like"}),
-            page("save_item", token, iid, {"choice": "a", "rationale": "r", "submit": True})]  # fmt: skip
+    return [
+        got,
+        page("save_span", token, iid, rid, {"start": 0, "end": 3, "polarity": "like"}),
+        page("save_item", token, iid, {"choice": "a", "rationale": "r", "submit": True}),
+    ]
 
 
 def test_a_session_from_before_a_restart_with_other_rules_is_refused(tmp_path):
@@ -131,8 +138,7 @@ def test_with_access_rules_the_arena_leaderboard_and_export_need_a_login(tmp_pat
 
     folder = tmp_path / "evalrepo"
     build_arena_repo(folder)
-    cfg = arena.ArenaConfig(folder=str(folder), db=str(tmp_path / "votes.sqlite"), rounds=20, export_every=0,
-                            **rule)  # fmt: skip
+    cfg = arena.ArenaConfig(folder=str(folder), db=str(tmp_path / "votes.sqlite"), rounds=20, export_every=0, **rule)
     app = arena.build_app(cfg)
     demo, judge = app.blocks, app.service
     for _ in range(3):

@@ -34,12 +34,20 @@ def make_repo(path, n_queries: int = 4) -> DatasetRepo:
     HTML/script payload; its document holds markup too."""
     docs, queries, responses = [], [], []
     for i in range(n_queries):
-        docs.append({"doc_id": f"d{i}", "domain": "test", "title": f"Doc {i} <b>bold?</b>",
-                     "text": f"Document {i}. <i>markup</i> stays text.\nSecond line."})  # fmt: skip
+        docs.append(
+            {
+                "doc_id": f"d{i}",
+                "domain": "test",
+                "title": f"Doc {i} <b>bold?</b>",
+                "text": f"Document {i}. <i>markup</i> stays text.\nSecond line.",
+            }
+        )
         queries.append({"query_id": f"q{i}", "doc_id": f"d{i}", "query": f"Question {i}: what <u>is</u> it?"})
         texts = (EMOJI_TEXT, PAYLOAD) if i == 0 else (f"Answer {i} one. More words here.", f"Answer {i} two.")
-        responses += [{"response_id": f"q{i}-r{k}", "query_id": f"q{i}", "model": "m", "text": t}
-                      for k, t in enumerate(texts, start=1)]  # fmt: skip
+        responses += [
+            {"response_id": f"q{i}-r{k}", "query_id": f"q{i}", "model": "m", "text": t}
+            for k, t in enumerate(texts, start=1)
+        ]
     repo = DatasetRepo(path)
     repo.write({schema.DOCUMENTS: docs, schema.QUERIES: queries, schema.RESPONSES: responses})
     return repo
@@ -86,18 +94,47 @@ def test_spans_round_trip_with_emoji_overlap_and_export(service, tmp_path):
     assert text == EMOJI_TEXT
     a16 = span16(text, "capital 😀 of")
     b16 = span16(text, "😀 of France")  # overlaps the first, opposite polarity
-    s1 = service.save_span(tok, item["item_id"], "q0-r1", {"start": a16[0], "end": a16[1], "polarity": "dislike",
-                           "reasons": ["dislike.factually_wrong"], "key": "k1"}, 4.0)["span"]  # fmt: skip
-    s2 = service.save_span(tok, item["item_id"], "q0-r1", {"start": b16[0], "end": b16[1], "polarity": "like",
-                           "reasons": ["like.useful_fact", "like.other"], "note": "nice <b>fact</b>"}, 2.5)["span"]  # fmt: skip
+    s1 = service.save_span(
+        tok,
+        item["item_id"],
+        "q0-r1",
+        {"start": a16[0], "end": a16[1], "polarity": "dislike", "reasons": ["dislike.factually_wrong"], "key": "k1"},
+        4.0,
+    )["span"]
+    s2 = service.save_span(
+        tok,
+        item["item_id"],
+        "q0-r1",
+        {
+            "start": b16[0],
+            "end": b16[1],
+            "polarity": "like",
+            "reasons": ["like.useful_fact", "like.other"],
+            "note": "nice <b>fact</b>",
+        },
+        2.5,
+    )["span"]
     assert (s1["start"], s1["end"]) == (16, 28)  # counted by hand: 12 code points, 13 UTF-16 units
     assert text[s2["start"] : s2["end"]] == "😀 of France"
     # a retried create (same page key) saves the span once
-    again = service.save_span(tok, item["item_id"], "q0-r1", {"start": a16[0], "end": a16[1], "polarity": "dislike",
-                              "reasons": ["dislike.factually_wrong"], "key": "k1"})["span"]  # fmt: skip
+    again = service.save_span(
+        tok,
+        item["item_id"],
+        "q0-r1",
+        {"start": a16[0], "end": a16[1], "polarity": "dislike", "reasons": ["dislike.factually_wrong"], "key": "k1"},
+    )["span"]
     assert again["span_id"] == s1["span_id"]
-    service.save_item(tok, item["item_id"], {"responses": [{"reasons": ["like.well_written"], "other_dislike": "too short"},
-                      {"reasons": []}], "choice": "a", "rationale": "A is grounded", "submit": True}, 3.5)  # fmt: skip
+    service.save_item(
+        tok,
+        item["item_id"],
+        {
+            "responses": [{"reasons": ["like.well_written"], "other_dislike": "too short"}, {"reasons": []}],
+            "choice": "a",
+            "rationale": "A is grounded",
+            "submit": True,
+        },
+        3.5,
+    )
 
     # what the page gets back after a reload
     view = service.get_item(tok, 0)["item"]
@@ -115,11 +152,15 @@ def test_spans_round_trip_with_emoji_overlap_and_export(service, tmp_path):
     assert row["annotator"] == "alice" and row["taxonomy"] == "spanpref-default@1"
     got = [(s["start"], s["end"], s["polarity"], s["reasons"], s["note"]) for s in row["spans"]]
     i, j = text.index("capital 😀 of"), text.index("😀 of France")
-    assert got == [(i, i + 12, "dislike", ["dislike.factually_wrong"], ""),
-                   (j, j + 11, "like", ["like.useful_fact", "like.other"], "nice <b>fact</b>")]  # fmt: skip
+    assert got == [
+        (i, i + 12, "dislike", ["dislike.factually_wrong"], ""),
+        (j, j + 11, "like", ["like.useful_fact", "like.other"], "nice <b>fact</b>"),
+    ]
     assert [text[s["start"] : s["end"]] for s in row["spans"]] == ["capital 😀 of", "😀 of France"]
-    assert row["response_reasons"] == [{"reason": "like.well_written", "note": ""},
-                                       {"reason": "dislike.other", "note": "too short"}]  # fmt: skip
+    assert row["response_reasons"] == [
+        {"reason": "like.well_written", "note": ""},
+        {"reason": "dislike.other", "note": "too short"},
+    ]
     assert row["seconds"] == pytest.approx(5.0)  # the pair's 10 s, half per response
     assert ann["ui-alice-q0-r2"]["spans"] == []
     (cmp,) = datasets.load_dataset(str(service.repo.path), "comparisons")["train"]
@@ -135,8 +176,12 @@ def test_spans_round_trip_with_emoji_overlap_and_export(service, tmp_path):
 
 def test_export_keeps_other_rows_and_replaces_its_own(service):
     repo = service.repo
-    imported = {"annotation_id": "imp-1", "annotator": "qa-feedback", "response_id": "q1-r1",
-                "spans": [{"span_id": 1, "start": 0, "end": 6, "polarity": "dislike", "reasons": []}]}  # fmt: skip
+    imported = {
+        "annotation_id": "imp-1",
+        "annotator": "qa-feedback",
+        "response_id": "q1-r1",
+        "spans": [{"span_id": 1, "start": 0, "end": 6, "polarity": "dislike", "reasons": []}],
+    }
     repo.write({schema.ANNOTATIONS: [imported]})
     tok = service.login("alice", "secret1")["token"]
     item = service.get_item(tok)["item"]
@@ -157,15 +202,31 @@ def test_a_lost_store_is_restored_from_the_export(service, tmp_path):
     tok = service.login("alice", "secret1")["token"]
     item = service.get_item(tok)["item"]
     a16 = span16(EMOJI_TEXT, "😀 of France")
-    service.save_span(tok, item["item_id"], "q0-r1", {"start": a16[0], "end": a16[1], "polarity": "like",
-                      "reasons": ["like.other"], "note": "why"}, 7.0)  # fmt: skip
-    service.save_item(tok, item["item_id"], {"responses": [{"reasons": ["like.recap"]}, {"other_like": "tidy"}],
-                      "choice": "b", "rationale": "B", "submit": True})  # fmt: skip
+    service.save_span(
+        tok,
+        item["item_id"],
+        "q0-r1",
+        {"start": a16[0], "end": a16[1], "polarity": "like", "reasons": ["like.other"], "note": "why"},
+        7.0,
+    )
+    service.save_item(
+        tok,
+        item["item_id"],
+        {
+            "responses": [{"reasons": ["like.recap"]}, {"other_like": "tidy"}],
+            "choice": "b",
+            "rationale": "B",
+            "submit": True,
+        },
+    )
     service.get_item(tok)  # takes a pool item
     service.export()
     before = {n: service.repo.read(n) for n in (schema.ANNOTATIONS, schema.COMPARISONS)}
-    fresh = AnnotationService(AnnotateConfig(folder=str(service.repo.path), db=str(tmp_path / "new.sqlite"),
-                                             overlap=1, shuffle=False, swap_ab=False))  # fmt: skip
+    fresh = AnnotationService(
+        AnnotateConfig(
+            folder=str(service.repo.path), db=str(tmp_path / "new.sqlite"), overlap=1, shuffle=False, swap_ab=False
+        )
+    )
     tok2 = fresh.login("alice", "secret1")["token"]  # a new database: the name is claimed again
     view = fresh.get_item(tok2, 0)["item"]
     assert [s["text"] for s in view["responses"][0]["spans"]] == ["😀 of France"] and view["submitted"]
@@ -180,16 +241,21 @@ def test_annotators_never_see_or_write_each_others_work(service):
     item_a = service.get_item(alice)["item"]
     item_b = service.get_item(bob)["item"]
     assert item_a["item_id"] == item_b["item_id"]  # the overlap item: both annotate it
-    span = service.save_span(alice, item_a["item_id"], "q0-r1", {"start": 0, "end": 5, "polarity": "dislike",
-                             "reasons": ["dislike.verbose"]})["span"]  # fmt: skip
+    span = service.save_span(
+        alice,
+        item_a["item_id"],
+        "q0-r1",
+        {"start": 0, "end": 5, "polarity": "dislike", "reasons": ["dislike.verbose"]},
+    )["span"]
     service.save_item(alice, item_a["item_id"], {"choice": "b", "rationale": "alice's reason"})
     # bob sees none of it
     view = service.get_item(bob, 0)["item"]
     assert view["responses"][0]["spans"] == [] and view["choice"] is None and view["rationale"] == ""
     # bob cannot change or delete alice's span by naming its id: his calls act on his own records only
     with pytest.raises(UserError, match="no span"):
-        service.save_span(bob, item_a["item_id"], "q0-r1", {"span_id": span["span_id"], "start": 0, "end": 2,
-                          "polarity": "like"})  # fmt: skip
+        service.save_span(
+            bob, item_a["item_id"], "q0-r1", {"span_id": span["span_id"], "start": 0, "end": 2, "polarity": "like"}
+        )
     assert service.delete_span(bob, item_a["item_id"], "q0-r1", span["span_id"]) == {"deleted": 0}
     assert [s["end"] for s in service.get_item(alice, 0)["item"]["responses"][0]["spans"]] == [5]
     # pool items go to one annotator each; the other cannot open or write them
@@ -315,12 +381,17 @@ def test_background_export_and_hub_push_requests(service):
     while not any(name == "upload_folder" for name, _ in api.calls) and time.monotonic() < deadline:
         time.sleep(0.05)  # the sync pushes once as soon as it starts
     scheduler.stop()  # nothing changed since: no second commit
-    assert api.calls[0] == ("create_repo", {"repo_id": "org/feedback", "private": True, "repo_type": "dataset",
-                                            "exist_ok": True})  # fmt: skip
+    assert api.calls[0] == (
+        "create_repo",
+        {"repo_id": "org/feedback", "private": True, "repo_type": "dataset", "exist_ok": True},
+    )
     commits = [kw for name, kw in api.calls if name == "upload_folder"]
     assert len(commits) == 1 and commits[0]["repo_id"] == "org/feedback" and commits[0]["repo_type"] == "dataset"
-    local = {p.relative_to(service.repo.path).as_posix(): p.read_bytes() for p in service.repo.path.rglob("*")
-             if p.is_file()}  # fmt: skip
+    local = {
+        p.relative_to(service.repo.path).as_posix(): p.read_bytes()
+        for p in service.repo.path.rglob("*")
+        if p.is_file()
+    }
     sent = commits[0]["files"]
     assert sent == local  # every file, byte for byte, and nothing else
     assert "README.md" in sent and any(p.startswith("data/annotations/") for p in sent)
@@ -339,8 +410,11 @@ def test_page_route_enforces_the_session(service):
         (cid,) = [c["id"] for c in cfg["components"] if c.get("props", {}).get("server_fns")]
 
         def call(fn, *args):
-            r = requests.post(url + "gradio_api/component_server/", timeout=30,
-                              json={"data": list(args), "component_id": cid, "session_hash": "t", "fn_name": fn})  # fmt: skip
+            r = requests.post(
+                url + "gradio_api/component_server/",
+                timeout=30,
+                json={"data": list(args), "component_id": cid, "session_hash": "t", "fn_name": fn},
+            )
             r.raise_for_status()
             return r.json()
 
@@ -350,8 +424,13 @@ def test_page_route_enforces_the_session(service):
         errors = []
 
         def save(k):
-            r = call("save_span", tok, item["item_id"], "q0-r1", {"start": k, "end": k + 1, "polarity": "like",
-                                                                  "key": f"k{k}"})  # fmt: skip
+            r = call(
+                "save_span",
+                tok,
+                item["item_id"],
+                "q0-r1",
+                {"start": k, "end": k + 1, "polarity": "like", "key": f"k{k}"},
+            )
             if not r["ok"]:
                 errors.append(r)
 
@@ -415,8 +494,16 @@ def test_each_annotator_sees_a_fixed_random_order_and_choices_are_stored_in_repo
     iid = sorted(flipped["alice"])[0]
     first, second = iid.split("~")[1], iid.split("~")[0]  # what alice sees: the repo's second response first
     index = [i for i, _ in shown["alice"]].index(iid)
-    svc.save_item(toks["alice"], iid, {"responses": [{"reasons": ["like.recap"]}, {"reasons": []}], "choice": "a",
-                                       "rationale": "the first one", "submit": True})  # fmt: skip
+    svc.save_item(
+        toks["alice"],
+        iid,
+        {
+            "responses": [{"reasons": ["like.recap"]}, {"reasons": []}],
+            "choice": "a",
+            "rationale": "the first one",
+            "submit": True,
+        },
+    )
     view = svc.get_item(toks["alice"], index)["item"]
     assert view["choice"] == "a" and view["responses"][0]["response_id"] == first
     assert view["responses"][0]["reasons"] == [{"reason": "like.recap", "note": ""}]
@@ -428,8 +515,11 @@ def test_each_annotator_sees_a_fixed_random_order_and_choices_are_stored_in_repo
     assert ann[second]["response_reasons"] == []
     svc.close()
 
-    fixed = AnnotationService(AnnotateConfig(folder=str(tmp_path / "repo"), db=str(tmp_path / "b.sqlite"), overlap=12,
-                                             shuffle=False, swap_ab=False))  # fmt: skip
+    fixed = AnnotationService(
+        AnnotateConfig(
+            folder=str(tmp_path / "repo"), db=str(tmp_path / "b.sqlite"), overlap=12, shuffle=False, swap_ab=False
+        )
+    )
     tok = fixed.login("alice", "secret1")["token"]
     for index in range(12):
         view = fixed.get_item(tok, index)["item"]
@@ -441,28 +531,66 @@ def test_a_dislike_spans_suggested_fix_is_saved_exported_and_restored(service, t
     tok = service.login("alice", "secret1")["token"]
     item = service.get_item(tok)["item"]
     d16, l16 = span16(EMOJI_TEXT, "capital 😀 of"), span16(EMOJI_TEXT, "Eiffel Tower")
-    saved = service.save_span(tok, item["item_id"], "q0-r1", {"start": d16[0], "end": d16[1], "polarity": "dislike",
-                              "reasons": ["dislike.factually_wrong"], "fix": "home 🏠 of"})["span"]  # fmt: skip
+    saved = service.save_span(
+        tok,
+        item["item_id"],
+        "q0-r1",
+        {
+            "start": d16[0],
+            "end": d16[1],
+            "polarity": "dislike",
+            "reasons": ["dislike.factually_wrong"],
+            "fix": "home 🏠 of",
+        },
+    )["span"]
     assert saved["fix"] == "home 🏠 of"
     # a like span has nothing to fix: a fix sent with one is not kept
-    liked = service.save_span(tok, item["item_id"], "q0-r1", {"start": l16[0], "end": l16[1], "polarity": "like",
-                              "reasons": ["like.useful_fact"], "fix": "x"})["span"]  # fmt: skip
+    liked = service.save_span(
+        tok,
+        item["item_id"],
+        "q0-r1",
+        {"start": l16[0], "end": l16[1], "polarity": "like", "reasons": ["like.useful_fact"], "fix": "x"},
+    )["span"]
     assert liked["fix"] == ""
     with pytest.raises(UserError, match="suggested fix"):
-        service.save_span(tok, item["item_id"], "q0-r1", {"start": d16[0], "end": d16[1], "polarity": "dislike",
-                          "reasons": [], "fix": "x" * (service.bounds.fix + 1)})  # fmt: skip
+        service.save_span(
+            tok,
+            item["item_id"],
+            "q0-r1",
+            {
+                "start": d16[0],
+                "end": d16[1],
+                "polarity": "dislike",
+                "reasons": [],
+                "fix": "x" * (service.bounds.fix + 1),
+            },
+        )
     # an edit that sends no fix clears it; the next puts it back
     for fix in (None, "home 🏠 of"):
-        service.save_span(tok, item["item_id"], "q0-r1", {"span_id": saved["span_id"], "start": d16[0], "end": d16[1],
-                          "polarity": "dislike", "reasons": ["dislike.factually_wrong"], "fix": fix})  # fmt: skip
+        service.save_span(
+            tok,
+            item["item_id"],
+            "q0-r1",
+            {
+                "span_id": saved["span_id"],
+                "start": d16[0],
+                "end": d16[1],
+                "polarity": "dislike",
+                "reasons": ["dislike.factually_wrong"],
+                "fix": fix,
+            },
+        )
         shown = service.get_item(tok, 0)["item"]["responses"][0]["spans"][0]["fix"]
         assert shown == (fix or "")
     assert [s["fix"] for s in service.get_item(tok, 0)["item"]["responses"][0]["spans"]] == ["home 🏠 of", ""]
     service.export()
     (row,) = [r for r in service.repo.read(schema.ANNOTATIONS) if r["response_id"] == "q0-r1"]
     assert [(s["polarity"], s["fix"]) for s in row["spans"]] == [("dislike", "home 🏠 of"), ("like", "")]
-    fresh = AnnotationService(AnnotateConfig(folder=str(service.repo.path), db=str(tmp_path / "new.sqlite"),
-                                             overlap=1, shuffle=False, swap_ab=False))  # fmt: skip
+    fresh = AnnotationService(
+        AnnotateConfig(
+            folder=str(service.repo.path), db=str(tmp_path / "new.sqlite"), overlap=1, shuffle=False, swap_ab=False
+        )
+    )
     tok2 = fresh.login("alice", "secret1")["token"]
     assert fresh.get_item(tok2, 0)["item"]["responses"][0]["spans"][0]["fix"] == "home 🏠 of"
     fresh.close()
@@ -472,13 +600,16 @@ def test_a_database_from_before_fixes_gains_the_column(tmp_path):
     make_repo(tmp_path / "repo")
     db = tmp_path / "old.sqlite"
     with sqlite3.connect(db) as con:  # the spans table as it was, with one span in it
-        con.execute('CREATE TABLE spans (annotator TEXT NOT NULL, response_id TEXT NOT NULL, span_id INTEGER NOT '
-                    'NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL, polarity TEXT NOT NULL, reasons TEXT NOT '
-                    "NULL, note TEXT NOT NULL, client_key TEXT, updated REAL NOT NULL, PRIMARY KEY (annotator, "
-                    "response_id, span_id))")  # fmt: skip
+        con.execute(
+            "CREATE TABLE spans (annotator TEXT NOT NULL, response_id TEXT NOT NULL, span_id INTEGER NOT "
+            'NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL, polarity TEXT NOT NULL, reasons TEXT NOT '
+            "NULL, note TEXT NOT NULL, client_key TEXT, updated REAL NOT NULL, PRIMARY KEY (annotator, "
+            "response_id, span_id))"
+        )
         con.execute("INSERT INTO spans VALUES ('alice', 'q0-r1', 1, 0, 5, 'dislike', '[]', '', NULL, 0)")
-    svc = AnnotationService(AnnotateConfig(folder=str(tmp_path / "repo"), db=str(db), overlap=1, shuffle=False,
-                                           swap_ab=False))  # fmt: skip
+    svc = AnnotationService(
+        AnnotateConfig(folder=str(tmp_path / "repo"), db=str(db), overlap=1, shuffle=False, swap_ab=False)
+    )
     (span,) = svc.export_rows()[0][0].spans
     assert (span.start, span.end, span.fix) == (0, 5, "")
     svc.close()

@@ -138,8 +138,10 @@ def test_annotate_in_a_real_browser(tmp_path):
     ann = {r["annotation_id"]: r for r in datasets.load_dataset(str(repo.path), "annotations")["train"]}
     spans = [(s["start"], s["end"], s["polarity"], s["reasons"], s["note"]) for s in ann["ui-alice-q0-r1"]["spans"]]
     i, j = EMOJI_TEXT.index("capital 😀 of"), EMOJI_TEXT.index("😀 of France")
-    assert spans == [(i, i + len("capital 😀 of"), "dislike", ["dislike.factually_wrong"], ""),
-                     (j, j + len("😀 of France"), "like", ["like.useful_fact"], "short & <i>clear</i>")]  # fmt: skip
+    assert spans == [
+        (i, i + len("capital 😀 of"), "dislike", ["dislike.factually_wrong"], ""),
+        (j, j + len("😀 of France"), "like", ["like.useful_fact"], "short & <i>clear</i>"),
+    ]
     k = PAYLOAD.index("that is all")
     assert [(s["start"], s["end"]) for s in ann["ui-alice-q0-r2"]["spans"]] == [(k, k + len("that is all"))]
     (bob_span,) = ann["ui-bob-q0-r1"]["spans"]
@@ -183,13 +185,19 @@ def test_the_reason_popup_never_covers_the_selection(tmp_path):
         # short windows with the selection in the middle: neither above nor below has room for the whole popup
         for height, at in ((900, 0.3), (460, 0.55), (380, 0.5), (380, 0.85)):
             page.set_viewport_size({"width": 1000, "height": height})
-            page.evaluate("([el, at]) => window.scrollBy(0, el.getBoundingClientRect().top - at * innerHeight)",
-                          [box.element_handle(), at])  # fmt: skip
+            page.evaluate(
+                "([el, at]) => window.scrollBy(0, el.getBoundingClientRect().top - at * innerHeight)",
+                [box.element_handle(), at],
+            )
             select(page, 0, EMOJI_TEXT, sub)
             chosen = page.evaluate(RECT_OF, [box.element_handle(), a, b])
             shown = page.locator(".sp-popup").bounding_box()
-            apart = (shown["y"] + shown["height"] <= chosen["top"] or shown["y"] >= chosen["bottom"]
-                     or shown["x"] + shown["width"] <= chosen["left"] or shown["x"] >= chosen["right"])  # fmt: skip
+            apart = (
+                shown["y"] + shown["height"] <= chosen["top"]
+                or shown["y"] >= chosen["bottom"]
+                or shown["x"] + shown["width"] <= chosen["left"]
+                or shown["x"] >= chosen["right"]
+            )
             assert apart, f"popup {shown} covers the selection {chosen} in a {height}px window"
             assert shown["y"] >= 0 and shown["y"] + shown["height"] <= height  # and stays on screen
             page.keyboard.press("Escape")

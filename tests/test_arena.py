@@ -31,10 +31,14 @@ PAYLOAD = "Sure. <script>window.__pwned = 'script'</script><img src=x onerror=\"
 def build_arena_repo(path: Path) -> dict[str, str]:
     """A repo with 2 documents, 3 queries and one output per model and query; returns output text -> model."""
     docs = [
-        {"doc_id": "d1", "domain": "wiki", "title": "Tides", "text": "Tides are caused by the Moon's gravity.\n\nAnd "
-         "the Sun's, a little."},
+        {
+            "doc_id": "d1",
+            "domain": "wiki",
+            "title": "Tides",
+            "text": "Tides are caused by the Moon's gravity.\n\nAnd the Sun's, a little.",
+        },
         {"doc_id": "d2", "domain": "news", "title": "Rates <b>up</b>", "text": "The bank raised rates by 0.25%."},
-    ]  # fmt: skip
+    ]
     queries = [
         {"query_id": "q1", "doc_id": "d1", "query": "Why are there two tides a day?"},
         {"query_id": "q2", "doc_id": "d1", "query": "Does the Sun matter for <i>tides</i>?"},
@@ -121,8 +125,11 @@ def test_assignment_balances_battles_and_pairs_across_judges(repo_path):
         for battle, k in counts.items():
             pairs[battle.pair] += k
         # every model pair gets its turn before any pair gets another
-        assert max(pairs.values()) - min(pairs.get(p, 0) for p in [("alpha", "beta"), ("alpha", "gamma"),
-                                                                   ("beta", "gamma")]) <= 1  # fmt: skip
+        assert (
+            max(pairs.values())
+            - min(pairs.get(p, 0) for p in [("alpha", "beta"), ("alpha", "gamma"), ("beta", "gamma")])
+            <= 1
+        )
         if n == 9:
             assert sorted(counts.values()) == [1] * 9  # every battle once before any twice
     assert sorted(counts.values()) == [2] * 9
@@ -188,8 +195,15 @@ def _journal_mode(db: Path) -> str:
 
 
 def test_export_writes_judgments_keeps_other_judges_and_loads_with_datasets(repo_path):
-    other = {"judgment_id": "ref-1", "judge": "reference", "query_id": "q1", "model_a": "alpha", "model_b": "beta",
-             "winner": "model_a", "raw_output": "0.61 vs 0.40"}  # fmt: skip
+    other = {
+        "judgment_id": "ref-1",
+        "judge": "reference",
+        "query_id": "q1",
+        "model_a": "alpha",
+        "model_b": "beta",
+        "winner": "model_a",
+        "raw_output": "0.61 vs 0.40",
+    }
     imported = {**other, "judgment_id": "import-7", "judge": "human", "winner": "tie", "raw_output": ""}
     DatasetRepo(repo_path).write({schema.JUDGMENTS: [other, imported]})
     arena = make_arena(repo_path)
@@ -223,8 +237,9 @@ def test_export_on_every_vote_and_leaderboard_uses_the_elo_code(repo_path):
         arena.vote("ann", a.battle, choice)
         assert DatasetRepo(repo_path).count(schema.JUDGMENTS) == n + 1
     ratings, caveat = arena.leaderboard()
-    expected = compute_ratings(DatasetRepo(repo_path).read(schema.JUDGMENTS), judge="human", rounds=50, seed=0,
-                               prior=1.0 if caveat else 0.0)  # fmt: skip
+    expected = compute_ratings(
+        DatasetRepo(repo_path).read(schema.JUDGMENTS), judge="human", rounds=50, seed=0, prior=1.0 if caveat else 0.0
+    )
     assert [(r.model, round(r.rating, 6)) for r in ratings] == [(r.model, round(r.rating, 6)) for r in expected]
     assert ratings[0].model == "alpha"
     table = render_leaderboard(ratings)
@@ -295,7 +310,9 @@ def test_hub_push_exports_then_uploads_the_folder(repo_path):
         def upload_folder(self, **kw):
             folder = DatasetRepo(kw["folder_path"])
             judged = folder.read(schema.JUDGMENTS) if folder.has(schema.JUDGMENTS) else []
-            files = {p.relative_to(folder.path).as_posix(): p.read_bytes() for p in folder.path.rglob("*") if p.is_file()}
+            files = {
+                p.relative_to(folder.path).as_posix(): p.read_bytes() for p in folder.path.rglob("*") if p.is_file()
+            }
             self.calls.append(("upload_folder", {**kw, "files": files}, len(judged)))
             return "commit"
 

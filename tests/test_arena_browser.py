@@ -24,12 +24,33 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_chromium]
 
 def _serve(folder: Path, db: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     # `spanpref arena ...`, run by this interpreter
-    cmd = [sys.executable, "-m", "spanpref.cli", "arena", str(folder), "--port", str(port), "--db", str(db),
-           "--rounds", "200", "--export-every", "0", "--seed", "3",
-           "--min-seconds", "0"]  # a test clicks faster than anyone reads; every vote must count here  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "spanpref.cli",
+        "arena",
+        str(folder),
+        "--port",
+        str(port),
+        "--db",
+        str(db),
+        "--rounds",
+        "200",
+        "--export-every",
+        "0",
+        "--seed",
+        "3",
+        "--min-seconds",
+        "0",
+    ]  # a test clicks faster than anyone reads; every vote must count here
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
@@ -69,8 +90,11 @@ def test_browser_votes_land_unswapped_in_the_exported_judgments(tmp_path):
                 page.locator("#arena-output-b .arena-output-b"),
             )
             query = page.locator("#arena-query .arena-query")
-            queries = {"Why are there two tides a day?": "q1", "Does the Sun matter for <i>tides</i>?": "q2",
-                       "By how much did rates rise?": "q3"}  # fmt: skip
+            queries = {
+                "Why are there two tides a day?": "q1",
+                "Does the Sun matter for <i>tides</i>?": "q2",
+                "By how much did rates rise?": "q3",
+            }
             saw_payload = False
             covered = set()  # (side clicked, whether the canonical model_b was shown as A)
             for n in range(1, 10):  # at most every battle once

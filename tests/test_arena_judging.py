@@ -27,8 +27,15 @@ def make_arena(folder, **kw) -> Arena:
     return Arena(ArenaConfig(folder=str(folder), **{"rounds": 20, "export_every": 0, "seed": 0, **kw}))
 
 
-def cast(arena: Arena, login: str, *, address: str | None = None, seconds: float = 30.0, now: float = 1000.0,
-         choice: str = "A") -> str:  # fmt: skip
+def cast(
+    arena: Arena,
+    login: str,
+    *,
+    address: str | None = None,
+    seconds: float = 30.0,
+    now: float = 1000.0,
+    choice: str = "A",
+) -> str:
     a = arena.assignment(login, now=now)
     return arena.vote(login, a.battle, choice, seconds=seconds, address=address, now=now)
 
@@ -47,8 +54,9 @@ def test_votes_are_limited_per_judge_and_per_address(folder):
     assert arena.assignment("ann", now=1013.0) is not None  # ... and the battle stays on screen
     cast(arena, "ann", address="10.0.0.1", now=1061.0)  # a minute after her first vote she may vote again
     assert arena.store.count() == 6
-    unlimited = make_arena(folder, db=str(folder.parent / "free.sqlite"), votes_per_minute=0,
-                           address_votes_per_minute=0)  # fmt: skip
+    unlimited = make_arena(
+        folder, db=str(folder.parent / "free.sqlite"), votes_per_minute=0, address_votes_per_minute=0
+    )
     for _ in range(9):
         cast(unlimited, "ann", address="10.0.0.1")
     assert unlimited.store.count() == 9
@@ -58,8 +66,10 @@ def test_fast_votes_are_kept_but_left_out_of_the_ratings(folder, tmp_path):
     from spanpref.evaluation.elo import compute_ratings
 
     arena = make_arena(folder, min_seconds=4.0)
-    winners = [cast(arena, "ann", seconds=s, choice=c) for s, c in ((1.5, "B"), (12.0, "A"), (4.0, "A"),
-                                                                    (20.0, "B"), (3.9, "tie"))]  # fmt: skip
+    winners = [
+        cast(arena, "ann", seconds=s, choice=c)
+        for s, c in ((1.5, "B"), (12.0, "A"), (4.0, "A"), (20.0, "B"), (3.9, "tie"))
+    ]
     assert arena.store.count() == 5  # every vote is recorded
     assert arena.export() == 5
     rows = DatasetRepo(folder).read(schema.JUDGMENTS)
@@ -93,7 +103,12 @@ def test_per_judge_counts_are_exported(folder):
     assert set(stats) == {"ann", "bob"}
     ann = stats["ann"]
     assert (ann["judge"], ann["battles_shown"], ann["votes"], ann["votes_counted"], ann["votes_too_fast"]) == (
-        "human", 3, 2, 1, 1)  # fmt: skip
+        "human",
+        3,
+        2,
+        1,
+        1,
+    )
     assert (stats["bob"]["battles_shown"], stats["bob"]["votes"], stats["bob"]["votes_counted"]) == (1, 1, 1)
     assert not schema.check_configs({schema.JUDGE_STATS: list(stats.values())})
 
@@ -103,8 +118,15 @@ def test_the_app_limits_by_client_address_and_shows_the_reading_time_rule(folder
     a vote cast at once after the battle appears is recorded but not rated."""
     from gradio_client import Client
 
-    cfg = ArenaConfig(folder=str(folder), db=str(tmp_path / "v.sqlite"), rounds=20, export_every=0, min_seconds=60,
-                      votes_per_minute=5, address_votes_per_minute=3)  # fmt: skip
+    cfg = ArenaConfig(
+        folder=str(folder),
+        db=str(tmp_path / "v.sqlite"),
+        rounds=20,
+        export_every=0,
+        min_seconds=60,
+        votes_per_minute=5,
+        address_votes_per_minute=3,
+    )
     app = build_app(cfg)
     with served(app.blocks, free_port()) as url:
         messages = []
@@ -136,8 +158,13 @@ def test_a_space_sets_the_guards_from_its_variables(folder, tmp_path, monkeypatc
     from spanpref.ui.arena import space_config
 
     monkeypatch.chdir(tmp_path)
-    env = {"SPANPREF_ARENA_DATA": str(folder), "SPANPREF_MIN_SECONDS": "7.5", "SPANPREF_VOTES_PER_MINUTE": "4",
-           "SPANPREF_ADDRESS_VOTES_PER_MINUTE": "0", "SPANPREF_SESSION_HOURS": "2"}  # fmt: skip
+    env = {
+        "SPANPREF_ARENA_DATA": str(folder),
+        "SPANPREF_MIN_SECONDS": "7.5",
+        "SPANPREF_VOTES_PER_MINUTE": "4",
+        "SPANPREF_ADDRESS_VOTES_PER_MINUTE": "0",
+        "SPANPREF_SESSION_HOURS": "2",
+    }
     cfg = space_config(env)
     assert (cfg.min_seconds, cfg.votes_per_minute, cfg.address_votes_per_minute, cfg.session_hours) == (7.5, 4, 0, 2.0)
     defaults = space_config({"SPANPREF_ARENA_DATA": str(folder)})

@@ -40,8 +40,13 @@ class RecordingSpaceApi(RecordingHfApi):
         return super().upload_folder(**kwargs)
 
     def __getattr__(self, method):
-        if method.startswith("_") or method not in {"add_space_variable", "add_space_secret", "create_bucket",
-                                                    "set_space_volumes", "request_space_hardware"}:  # fmt: skip
+        if method.startswith("_") or method not in {
+            "add_space_variable",
+            "add_space_secret",
+            "create_bucket",
+            "set_space_volumes",
+            "request_space_hardware",
+        }:
             raise AttributeError(method)
         return lambda *args, **kwargs: self.calls.append((method, args, kwargs))
 
@@ -53,8 +58,11 @@ def _header(readme: Path) -> dict:
 def _requires(wheel: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-        return [line.split(":", 1)[1].strip() for line in z.read(meta).decode().splitlines()
-                if line.startswith("Requires-Dist:")]  # fmt: skip
+        return [
+            line.split(":", 1)[1].strip()
+            for line in z.read(meta).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
 
 
 def _core_and_ui(requires: list[str]) -> list[str]:
@@ -64,10 +72,30 @@ def _core_and_ui(requires: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("space") / "annotate-space"
-    out = subprocess.run([sys.executable, "-c", "from spanpref.cli import main; raise SystemExit(main())", "space",
-                          "deploy", "annotate", "org/feedback-space", "--data", "org/feedback", "--allowed", "alice",
-                          "bob", "--storage", "small", "--dry-run", str(folder)],
-                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from spanpref.cli import main; raise SystemExit(main())",
+            "space",
+            "deploy",
+            "annotate",
+            "org/feedback-space",
+            "--data",
+            "org/feedback",
+            "--allowed",
+            "alice",
+            "bob",
+            "--storage",
+            "small",
+            "--dry-run",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=True,
+    )
     return folder, out.stdout
 
 
@@ -96,10 +124,17 @@ def test_the_dry_run_folder_is_a_self_contained_space(dry_run):
     # the calls a deploy would make, printed, in order
     calls = [ln.strip() for ln in printed.splitlines() if ln.startswith("  HfApi.")]
     assert [c.split("(")[0] for c in calls] == [
-        "HfApi.create_repo", "HfApi.add_space_variable", "HfApi.add_space_variable", "HfApi.add_space_variable",
-        "HfApi.create_bucket", "HfApi.set_space_volumes", "HfApi.upload_folder"]  # fmt: skip
-    assert calls[0] == ("HfApi.create_repo('org/feedback-space', repo_type='space', space_sdk='gradio', "
-                        "private=False, exist_ok=True)")  # fmt: skip
+        "HfApi.create_repo",
+        "HfApi.add_space_variable",
+        "HfApi.add_space_variable",
+        "HfApi.add_space_variable",
+        "HfApi.create_bucket",
+        "HfApi.set_space_volumes",
+        "HfApi.upload_folder",
+    ]
+    assert calls[0] == (
+        "HfApi.create_repo('org/feedback-space', repo_type='space', space_sdk='gradio', private=False, exist_ok=True)"
+    )
     assert "HfApi.add_space_variable('org/feedback-space', 'SPANPREF_ANNOTATORS', 'alice,bob')" in calls
     assert "no HF_TOKEN secret" in printed
 
@@ -111,23 +146,39 @@ def test_a_deploy_makes_exactly_these_hub_calls(tmp_path, monkeypatch, dry_run):
     api = RecordingSpaceApi()
     folder, _ = dry_run
     (wheel,) = (folder / "wheels").glob("*.whl")
-    cfg = SpaceDeployConfig(app="arena", space_id="org/arena-space", data="org/evals", push="org/votes",
-                            private=True, hardware="cpu-upgrade", storage="medium", allowed=["ann"], token="hf_deploy",
-                            space_token="hf_space_secret", wheel=str(wheel))  # fmt: skip
+    cfg = SpaceDeployConfig(
+        app="arena",
+        space_id="org/arena-space",
+        data="org/evals",
+        push="org/votes",
+        private=True,
+        hardware="cpu-upgrade",
+        storage="medium",
+        allowed=["ann"],
+        token="hf_deploy",
+        space_token="hf_space_secret",
+        wheel=str(wheel),
+    )
     result = deploy_space(cfg, api=api)
     upload = api.calls[-1]
     assert api.calls[:-1] == [
-        ("create_repo", "org/arena-space", {"repo_type": "space", "space_sdk": "gradio", "private": True,
-                                            "exist_ok": True}),
+        (
+            "create_repo",
+            "org/arena-space",
+            {"repo_type": "space", "space_sdk": "gradio", "private": True, "exist_ok": True},
+        ),
         ("add_space_variable", ("org/arena-space", "SPANPREF_ARENA_DATA", "org/evals"), {}),
         ("add_space_variable", ("org/arena-space", "SPANPREF_ARENA_PUSH", "org/votes"), {}),
         ("add_space_variable", ("org/arena-space", "SPANPREF_JUDGES", "ann"), {}),
         ("add_space_secret", ("org/arena-space", "HF_TOKEN", "hf_space_secret"), {}),
         ("create_bucket", ("org/arena-space-state",), {"private": True, "exist_ok": True}),
-        ("set_space_volumes", ("org/arena-space",),
-         {"volumes": [Volume(type="bucket", source="org/arena-space-state", mount_path="/data")]}),
+        (
+            "set_space_volumes",
+            ("org/arena-space",),
+            {"volumes": [Volume(type="bucket", source="org/arena-space-state", mount_path="/data")]},
+        ),
         ("request_space_hardware", ("org/arena-space", SpaceHardware.CPU_UPGRADE), {}),
-    ]  # fmt: skip
+    ]
     assert upload[0] == "upload_folder" and upload[1] == "org/arena-space"
     kw = upload[2]
     assert (kw["repo_type"], kw["delete_patterns"]) == ("space", ["wheels/*.whl"])
@@ -159,10 +210,15 @@ def test_without_a_token_the_deploy_says_what_to_do_and_calls_nothing(tmp_path, 
     assert "no Hugging Face token" in err and "--dry-run" in err
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"app": "chat"}, "unknown app 'chat'; choose from"), ({"storage": "huge"}, "unknown storage 'huge'"),
-    ({"hardware": "tpu-9000"}, "unknown hardware"), ({"space_id": "no-org"}, "ORG/NAME"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"app": "chat"}, "unknown app 'chat'; choose from"),
+        ({"storage": "huge"}, "unknown storage 'huge'"),
+        ({"hardware": "tpu-9000"}, "unknown hardware"),
+        ({"space_id": "no-org"}, "ORG/NAME"),
+    ],
+)
 def test_bad_choices_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpaceDeployConfig(**{"app": "annotate", "space_id": "org/s", "data": "org/d", **kwargs})
@@ -177,8 +233,10 @@ def test_the_core_and_ui_requirements_bring_no_torch():
     assert not [r for r in core + extras["ui"] if name(r) in HEAVY]
     assert "torch==2.13.0" in extras["train"] and any(name(r) == "trl" for r in extras["train"])
     # and the apps really import none of it (a fresh interpreter: this one has torch loaded by other tests)
-    code = ("import sys, spanpref.ui.annotate, spanpref.ui.arena, spanpref.evaluation.elo; "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r})))")  # fmt: skip
+    code = (
+        "import sys, spanpref.ui.annotate, spanpref.ui.arena, spanpref.evaluation.elo; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(HEAVY)!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -206,16 +264,36 @@ def test_the_space_installs_from_its_requirements_in_a_fresh_venv_and_serves_the
     threading.Thread(target=hub.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{hub.server_address[1]}"
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-c", "from spanpref.cli import main; raise SystemExit(main())", "space",
-                    "deploy", "annotate", "org/feedback-space", "--data", "org/feedback", "--dry-run",
-                    str(tmp_path / "space")], env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from spanpref.cli import main; raise SystemExit(main())",
+            "space",
+            "deploy",
+            "annotate",
+            "org/feedback-space",
+            "--data",
+            "org/feedback",
+            "--dry-run",
+            str(tmp_path / "space"),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     assert endpoint in (tmp_path / "space" / "requirements.txt").read_text()
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     started = time.monotonic()
-    install = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"], cwd=tmp_path / "space",
-                             capture_output=True, text=True, timeout=900)  # fmt: skip
+    install = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"],
+        cwd=tmp_path / "space",
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     hub.shutdown()
     assert install.returncode == 0, install.stdout + install.stderr
     print(f"fresh venv install: {time.monotonic() - started:.0f} s")
@@ -224,10 +302,18 @@ def test_the_space_installs_from_its_requirements_in_a_fresh_venv_and_serves_the
 
     make_repo(tmp_path / "data")
     port = free_port()
-    app_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_NAME": "127.0.0.1",
-               "GRADIO_SERVER_PORT": str(port), "SPANPREF_ANNOTATE_DATA": str(tmp_path / "data"),
-               "SPANPREF_STATE_DIR": str(tmp_path / "state"), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    app_env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "SPANPREF_ANNOTATE_DATA": str(tmp_path / "data"),
+        "SPANPREF_STATE_DIR": str(tmp_path / "state"),
+        "OMP_NUM_THREADS": "1",
+    }
     log = (tmp_path / "app.log").open("w")
     app = subprocess.Popen(
         [str(py), "app.py"], cwd=tmp_path / "space", env=app_env, stdout=log, stderr=subprocess.STDOUT

@@ -18,7 +18,9 @@ def annotate(config: AnnotateConfig) -> None:
 def arena(config: ArenaConfig) -> None:
     from spanpref.ui.arena import run_arena
 
-    run_arena(config)
+    exported = run_arena(config)
+    if config.export_only:
+        print(f"exported {exported} judgments to {config.folder}")
 
 
 COMMANDS = [annotate, arena]

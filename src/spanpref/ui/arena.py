@@ -419,8 +419,9 @@ def build_space_app(environ: Any = None) -> App:
 # ---------------------------------------------------------------------------------------------------
 # The `spanpref arena` command
 # ---------------------------------------------------------------------------------------------------
-def run_arena(args: ArenaConfig) -> None:
+def run_arena(args: ArenaConfig) -> int | None:
+    """Serve the arena; with `export_only`, write the votes to the judgments config and return how many."""
     if args.export_only:
-        print(f"exported {Arena(args).export()} judgments to {args.folder}")
-        return
+        return Arena(args).export()
     serve(args)
+    return None
