@@ -5,6 +5,8 @@ The service/export test needs no browser; the page test drives it in a real head
 
 from __future__ import annotations
 
+import dataclasses
+
 import datasets
 import pytest
 
@@ -135,6 +137,13 @@ def test_suggestions_service_and_export(tmp_path):
         process.close()
     assert report.annotations == 2
     assert exported(repo)["q0-r1"]["spans"][0]["source"] == "ai:test"
+
+    # a restart on an empty store (a Space without persistent storage) reads the work back, sources included
+    fresh = AnnotationService(dataclasses.replace(config, db=str(tmp_path / "fresh.sqlite")))
+    attach(fresh)
+    fresh.export()
+    assert [sp["source"] for sp in exported(repo)["q0-r1"]["spans"]] == ["ai:test", ""]
+    fresh.close()
 
     # deleting the accepted span offers the suggestion again
     service.delete_span(token, item["item_id"], "q0-r1", 1)

@@ -212,6 +212,39 @@ class Suggestions:
         if self.known and not service.store.readonly:
             with service.store.write() as db:
                 db.execute(REJECTIONS_SCHEMA)
+            restored = self._restore_keys()
+            if restored:
+                logger.info("%d restored span(s) are accepted suggestions again", restored)
+
+    def _restore_keys(self) -> int:
+        """Give spans that `AnnotationService.restore_from_repo` read back from the exported configs (a store that
+        started empty) their suggestion's key again, so that their source survives the next export. Rejections are
+        not in the export, so those suggestions are offered again."""
+        place = {(s.response_id, s.source, s.start, s.end): s.suggestion_id for s in self.known.values()}
+        found = []
+        for row in self.service.repo.read(schema.ANNOTATIONS):
+            if not str(row["annotation_id"]).startswith(ID_PREFIX):
+                continue
+            for sp in row.get("spans") or []:
+                key = place.get((row["response_id"], sp.get("source") or "", sp["start"], sp["end"]))
+                if key:
+                    found.append((key, row["annotator"], row["response_id"], sp["span_id"], sp["start"], sp["end"]))
+        if not found:
+            return 0
+        n = 0
+        with self.service.store.write() as db:
+            for key, annotator, rid, span_id, start, end in found:
+                taken = db.execute(
+                    "SELECT 1 FROM spans WHERE annotator = ? AND response_id = ? AND client_key = ?",
+                    (annotator, rid, key),
+                ).fetchone()
+                if taken is None:  # restored spans have no key; a span saved from the page has its own
+                    n += db.execute(
+                        "UPDATE spans SET client_key = ? WHERE annotator = ? AND response_id = ? AND span_id = ? AND "
+                        'start = ? AND "end" = ? AND client_key IS NULL',
+                        (key, annotator, rid, span_id, start, end),
+                    ).rowcount
+        return n
 
     def __len__(self) -> int:
         return len(self.by_id)
