@@ -12,6 +12,8 @@ How it is put together:
 - This module builds the page: one `gr.HTML` whose JavaScript draws the item from JSON with DOM text nodes (never
   `innerHTML` with data, so responses, documents and notes cannot inject markup) and calls the service's methods
   through Gradio's component-server route, each call carrying the session token issued at login.
+- `spanpref.ui.suggestions` offers the spans of the repo's AI annotators (`ai:*`) as suggestions the annotator
+  accepts, edits or rejects, and exports where each accepted span came from.
 - `spanpref.ui.hub_sync.HubSync` optionally pushes the repo folder to a Hub dataset.
 """
 

@@ -322,7 +322,7 @@
     const rows = sgs.map((s) => {
       const cur = st.sg && st.sg.k === k && st.sg.id === s.id;
       return h("li", { class: "sp-sg-item " + s.polarity + (cur ? " current" : ""), dataset: { sg: s.id },
-                       onclick: (e) => { if (e.target.tagName !== "BUTTON") { st.sg = { k, id: s.id }; paintText(k); } } },
+                       onclick: (e) => { if (e.target.tagName !== "BUTTON") { st.sg = { k, id: s.id }; showCurrentSuggestion(); } } },
         h("span", { class: "sp-sg-who", text: s.source }), ` suggests ${s.polarity} “${s.text}” `,
         h("span", { text: s.reasons.map(reasonLabel).join("; ") + (s.note ? " — " + s.note : "") }), " ",
         h("button", { type: "button", class: "sp-sg-accept", text: "Accept", title: "Make it your span (A)",
@@ -367,7 +367,11 @@
     const at = pendingSuggestions().findIndex(([kk, x]) => kk === k && x === id);
     r.suggestions = (r.suggestions || []).filter((x) => x.id !== id);
     pickSuggestion(0, Math.max(0, Math.min(at, pendingSuggestions().length - 1)));
-    for (let kk = 0; kk < st.item.responses.length; kk++) paintText(kk);
+    showCurrentSuggestion();
+  }
+
+  function showCurrentSuggestion() {
+    for (let k = 0; k < st.item.responses.length; k++) paintText(k);
     const li = st.sg && root.querySelector(`.sp-sg-item[data-sg="${st.sg.id}"]`);
     if (li) li.scrollIntoView({ block: "nearest" });
   }
@@ -480,7 +484,7 @@
     const sg = ev.target && ev.target.closest ? ev.target.closest(".sp-sg") : null;
     if (sg && box.contains(sg)) {
       st.sg = { k, id: sg.dataset.sg.split(",")[0] };
-      paintText(k);
+      showCurrentSuggestion();
     }
   }
 
@@ -656,7 +660,7 @@
     else if (key === "2") { radios.b.checked = true; onChoice(); }
     else if (key === "n") go(1);
     else if (key === "p") go(-1);
-    else if (key === "s") { pickSuggestion(e.shiftKey ? -1 : 1); for (let k = 0; k < st.item.responses.length; k++) paintText(k); }
+    else if (key === "s") { pickSuggestion(e.shiftKey ? -1 : 1); showCurrentSuggestion(); }
     else if (key === "a" || key === "e" || key === "r") {
       const cur = currentSuggestion();
       if (!cur) return;
