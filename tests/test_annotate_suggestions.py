@@ -13,7 +13,7 @@ import pytest
 from spanpref import schema
 from spanpref.repo import DatasetRepo
 from spanpref.ui.annotate import AnnotateConfig, AnnotationService, build_app
-from spanpref.ui.suggestions import SuggestionError, attach, parse_choice, suggestion_id
+from spanpref.ui.suggestions import SuggestionError, attach, load_suggestions, parse_choice, suggestion_id
 from tests._browser import chromium, needs_chromium, served
 from tests.test_annotate import EMOJI_TEXT, make_repo, span16
 
@@ -50,7 +50,17 @@ def ai_repo(path, *, other_source: bool = False) -> DatasetRepo:
                 "annotation_id": "q0-r2-ai-other",
                 "annotator": "ai:other",
                 "response_id": "q0-r2",
-                "spans": [{"span_id": 1, "start": 0, "end": 8, "polarity": "dislike"}],
+                "spans": [
+                    {
+                        "span_id": 1,
+                        "start": 0,
+                        "end": 8,
+                        "polarity": "dislike",
+                        "reasons": ["dislike.other"],
+                        "note": "reads like code",
+                    },
+                    {"span_id": 2, "start": 9, "end": 15, "polarity": "dislike", "reasons": ["dislike.other"]},
+                ],
             }
         )
     repo.write({schema.ANNOTATIONS: rows})
@@ -85,6 +95,9 @@ def test_suggestions_service_and_export(tmp_path):
     assert a["suggestions"][1]["reasons"] == ["dislike.factually_wrong"]  # the reason outside the taxonomy is left out
     assert (a["suggestions"][1]["start16"], a["suggestions"][1]["end16"]) == span16(EMOJI_TEXT, "capital 😀 of")
     assert b["suggestions"] == []  # ai:other is not the one asked for
+    every = load_suggestions(repo, {"q0-r2": service.by_id[item["item_id"]].texts[1]}, service.taxonomy)["q0-r2"]
+    # 'other' stays where the note says why, and is left out where there is none (it could not be saved)
+    assert [(x.reasons, x.note) for x in every] == [(("dislike.other",), "reads like code"), ((), "")]
 
     # accept the first one through save_span with its id as key, reject the second, leave the third
     s1 = a["suggestions"][0]
@@ -240,15 +253,15 @@ def test_suggestions_in_a_real_browser(tmp_path):
         assert text_a.locator("mark.dislike").count() == 1
 
         # response B: choose ai:other's suggestion by a click on it, E opens it to edit, Enter saves it as hers
-        page.locator(".sp-col[data-k='1'] .sp-sg-item .sp-sg-who").click()
-        assert "current" in page.locator(".sp-col[data-k='1'] .sp-sg-item").get_attribute("class")
+        page.locator(".sp-col[data-k='1'] .sp-sg-item .sp-sg-who").first.click()
+        assert "current" in page.locator(".sp-col[data-k='1'] .sp-sg-item").first.get_attribute("class")
         page.keyboard.press("e")
         page.wait_for_selector(".sp-popup:not(.sp-hidden)")
         assert page.locator(".sp-popup .sp-group-label").first.inner_text().startswith("Suggestion from ai:other")
         page.locator(".sp-popup label", has_text="Too wordy").locator("input").check()
         page.keyboard.press("Enter")
         wait_status(page, "Saved ✓ (span #1)")
-        assert page.locator(".sp-col[data-k='1'] .sp-sg-item").count() == 0
+        assert page.locator(".sp-col[data-k='1'] .sp-sg-item").count() == 1
 
         # a reload shows the same: the rejected one hidden (and offered back on request), the untouched one pending
         page.reload()
@@ -276,13 +289,10 @@ def test_suggestions_in_a_real_browser(tmp_path):
     assert span["reasons"] == ["dislike.factually_wrong"]
     assert rows["q0-r1"]["suggestions"] == {"shown": 3, "accepted": 1, "rejected": 1}
     (edited,) = rows["q0-r2"]["spans"]
-    assert (edited["start"], edited["end"], edited["source"], edited["reasons"]) == (
-        0,
-        8,
-        "ai:other",
-        ["dislike.verbose"],
-    )
-    assert rows["q0-r2"]["suggestions"] == {"shown": 1, "accepted": 1, "rejected": 0}
+    assert (edited["start"], edited["end"], edited["source"]) == (0, 8, "ai:other")
+    # 'Other' came with the AI's note saying why, which the annotator kept
+    assert edited["reasons"] == ["dislike.verbose", "dislike.other"] and edited["note"] == "reads like code"
+    assert rows["q0-r2"]["suggestions"] == {"shown": 2, "accepted": 1, "rejected": 0}
     loaded = datasets.load_dataset(str(repo.path), schema.ANNOTATIONS, split="train")
     assert {r["spans"][0]["source"] for r in loaded if r["annotator"] == "alice"} == {"ai:test", "ai:other"}
     service.close()

@@ -97,7 +97,10 @@ def load_suggestions(repo: DatasetRepo, texts: dict[str, str], taxonomy: Taxonom
                 continue
             if not 0 <= start < end <= len(text):
                 continue
+            note = sp.get("note") or ""
             reasons = tuple(r for r in sp.get("reasons") or [] if taxonomy.has_reason(r, polarity))
+            if not note.strip():  # 'other' says why in the note; without one it could not be saved
+                reasons = tuple(r for r in reasons if r != taxonomy.other_id(polarity))
             out.setdefault(rid, []).append(
                 Suggestion(
                     suggestion_id=suggestion_id(row["annotation_id"], sp["span_id"]),
@@ -107,7 +110,7 @@ def load_suggestions(repo: DatasetRepo, texts: dict[str, str], taxonomy: Taxonom
                     end=end,
                     polarity=polarity,
                     reasons=reasons,
-                    note=sp.get("note") or "",
+                    note=note,
                 )
             )
     for spans in out.values():

@@ -382,6 +382,11 @@
     r.spans.sort((x, y) => x.start - y.start || x.span_id - y.span_id);
   }
 
+  // An accepted suggestion takes the AI's note only where its 'Other' reason needs one to say why.
+  function suggestedNote(s) {
+    return s.reasons.includes(st.info.taxonomy.other[s.polarity]) ? s.note : "";
+  }
+
   async function acceptSuggestion(k, id) {
     const r = st.item && st.item.responses[k];
     const s = r && (r.suggestions || []).find((x) => x.id === id);
@@ -391,8 +396,8 @@
     try {
       // the suggestion's id is the span's key: the server knows the span came from it, and a retry saves it once
       const res = await call("save_span", st.token, st.item.item_id, r.response_id,
-        { span_id: null, key: s.id, start: s.start16, end: s.end16, polarity: s.polarity, reasons: s.reasons, note: "", fix: "" },
-        takeSeconds());
+        { span_id: null, key: s.id, start: s.start16, end: s.end16, polarity: s.polarity, reasons: s.reasons, note: suggestedNote(s),
+          fix: "" }, takeSeconds());
       addSpan(r, { ...res.span, source: s.source, suggested: s });
       settleSuggestion(k, id);
       status(`Accepted ✓ (span #${res.span.span_id})`, "ok");
@@ -410,7 +415,7 @@
     st.sg = { k, id };
     const li = root.querySelector(`.sp-sg-item[data-sg="${id}"]`);
     openPopup({ k, isNew: true, suggested: s, span: { start16: s.start16, end16: s.end16, polarity: s.polarity, reasons: [...s.reasons],
-                                                      note: "", fix: "", key: s.id, text: s.text, source: s.source } },
+                                                      note: suggestedNote(s), fix: "", key: s.id, text: s.text, source: s.source } },
               (li || r._box).getBoundingClientRect());
   }
 
