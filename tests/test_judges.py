@@ -63,7 +63,9 @@ def test_every_judge_recipe_loads_and_names_a_known_kind():
 
 
 def test_unknown_judges_and_keys_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown judge 'gpt5'; choose from \['alpaca_eval', 'llm', 'reference', 'reward_models'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown judge 'gpt5'; choose from \['alpaca_eval', 'llm', 'reference', 'reward_models'\]"
+    ):
         load_judge_config("gpt5")
     bad = tmp_path / "mine"
     bad.mkdir()

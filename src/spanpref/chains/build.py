@@ -34,21 +34,27 @@ class ChainReport:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"chains ({self.rewriter}): {self.annotations} annotation(s) with dislikes; {self.skipped} already "
-                 f"built, {self.built} built now ({self.valid} valid) in {self.seconds:.1f} s"]  # fmt: skip
+        lines = [
+            f"chains ({self.rewriter}): {self.annotations} annotation(s) with dislikes; {self.skipped} already "
+            f"built, {self.built} built now ({self.valid} valid) in {self.seconds:.1f} s"
+        ]
         for rewriter, s in self.stats.items():
             mean_steps = f"{s['mean_steps']:.2f}" if s["mean_steps"] is not None else "-"
             edit = f"{s['mean_edit_size']:.1f}" if s["mean_edit_size"] is not None else "-"
             per_chain = s["tokens"]["completion_per_valid_chain"]
-            lines.append(f"  {rewriter}: {s['valid']}/{s['chains']} valid ({s['validity_rate']:.1%}), mean steps "
-                         f"{mean_steps}, mean edit size {edit} chars, completion tokens per valid chain "
-                         f"{per_chain if per_chain is None else round(per_chain)}")  # fmt: skip
+            lines.append(
+                f"  {rewriter}: {s['valid']}/{s['chains']} valid ({s['validity_rate']:.1%}), mean steps "
+                f"{mean_steps}, mean edit size {edit} chars, completion tokens per valid chain "
+                f"{per_chain if per_chain is None else round(per_chain)}"
+            )
             for code, n in sorted(s.get("reject_reasons", {}).items(), key=lambda kv: -kv[1]):
                 lines.append(f"    rejected: {code}: {n}")
             sim = s.get("similarity")
             if sim and sim["chains"]:
-                lines.append(f"    similarity to the human correction (ROUGE-L F1, {sim['chains']} valid chain(s) with "
-                             f"one): a* {sim['rouge_l']:.3f}, a0 {sim['rouge_l_a0']:.3f}")  # fmt: skip
+                lines.append(
+                    f"    similarity to the human correction (ROUGE-L F1, {sim['chains']} valid chain(s) with "
+                    f"one): a* {sim['rouge_l']:.3f}, a0 {sim['rouge_l_a0']:.3f}"
+                )
         return "\n".join(lines)
 
 
@@ -65,8 +71,9 @@ def load_contexts(
     annotations of that annotator (a name such as `ai:llm`, or `human` for every annotator not named `ai:...`)."""
     for needed in (schema.ANNOTATIONS, schema.RESPONSES, schema.QUERIES, schema.DOCUMENTS):
         if not repo.has(needed):
-            raise RepoError(f"{repo.path} has no {needed} config; chains need annotations, responses, queries "
-                            "and documents")  # fmt: skip
+            raise RepoError(
+                f"{repo.path} has no {needed} config; chains need annotations, responses, queries and documents"
+            )
     taxonomy = taxonomy or load_taxonomy()
     responses = {r["response_id"]: r for r in repo.read(schema.RESPONSES)}
     queries = {q["query_id"]: q for q in repo.read(schema.QUERIES)}
@@ -84,12 +91,20 @@ def load_contexts(
         response = responses[ann["response_id"]]
         query = queries[response["query_id"]]
         labels = {s["span_id"]: _labels(s, taxonomy) for s in ann["spans"]}
-        contexts.append(ChainContext(
-            chain_id=f"{ann['annotation_id']}-{rewriter}-{model_slug(model_id)}", annotation_id=ann["annotation_id"],
-            query=query["query"], document=documents[query["doc_id"]]["text"], a0=response["text"],
-            dislikes=dislikes, likes=[s for s in spans if s.polarity == schema.LIKE], reason_labels=labels,
-            correction=ann.get("reference_rewrite"), annotator=ann.get("annotator") or "",
-        ))  # fmt: skip
+        contexts.append(
+            ChainContext(
+                chain_id=f"{ann['annotation_id']}-{rewriter}-{model_slug(model_id)}",
+                annotation_id=ann["annotation_id"],
+                query=query["query"],
+                document=documents[query["doc_id"]]["text"],
+                a0=response["text"],
+                dislikes=dislikes,
+                likes=[s for s in spans if s.polarity == schema.LIKE],
+                reason_labels=labels,
+                correction=ann.get("reference_rewrite"),
+                annotator=ann.get("annotator") or "",
+            )
+        )
     return contexts
 
 

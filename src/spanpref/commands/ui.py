@@ -11,7 +11,9 @@ from spanpref.ui.arena import ArenaConfig
 def annotate(config: AnnotateConfig) -> None:
     from spanpref.ui.annotate import run_annotate
 
-    run_annotate(config)
+    report = run_annotate(config)
+    if config.export_only:
+        print(report.summary() if report else "nothing to export yet")
 
 
 @command("arena", "serve the arena (blind pairwise judging, leaderboard) on 127.0.0.1", ArenaConfig)

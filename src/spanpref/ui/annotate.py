@@ -185,11 +185,12 @@ def build_space_app(environ: Any = None) -> App:
     return app
 
 
-def run_annotate(args: AnnotateConfig) -> None:
+def run_annotate(args: AnnotateConfig) -> Any:
+    """Serve the app; with `export_only`, export the store to the repo's configs and return the export's report
+    (None when there is nothing to export yet)."""
     if args.export_only:
         service = AnnotationService(args)
         attach_suggestions(service)
-        report = service.export()
-        print(report.summary() if report else "nothing to export yet")
-        return
+        return service.export()
     serve(args)
+    return None
