@@ -27,10 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from spanpref import schema
 from spanpref.backends import Backend, Completion, GenerationConfig
+from spanpref.configfile import load_mapping
 from spanpref.errors import InputError, MissingInputError, UsageError
 from spanpref.feedback.quotes import locate_quote
 from spanpref.prompts import PromptTemplate, parse_prompt, truncate_text
@@ -110,11 +109,11 @@ def annotator_folder(name_or_dir: str | Path) -> Path:
 
 def load_annotator_settings(name_or_dir: str | Path, **overrides: Any) -> tuple[AnnotatorSettings, Path]:
     folder = annotator_folder(name_or_dir)
-    data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
     known = {f.name for f in dataclasses.fields(AnnotatorSettings)}
-    unknown = (set(data) | set(overrides)) - known
+    data = load_mapping(folder / "config.yaml", known, what="annotator settings")
+    unknown = set(overrides) - known
     if unknown:
-        raise UsageError(f"{folder / 'config.yaml'}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise UsageError(f"unknown annotator setting(s) {sorted(unknown)}; known: {sorted(known)}")
     if "kind" not in data:
         raise UsageError(f"{folder / 'config.yaml'}: needs `kind`, one of {sorted(ANNOTATORS)}")
     settings = AnnotatorSettings(**{**data, **overrides})
