@@ -18,6 +18,7 @@ import torch
 from huggingface_hub import DatasetCard, ModelCard
 from huggingface_hub.utils import validate_repo_id
 
+from spanpref import schema
 from spanpref.cards import hub_id, size_category, write_model_card
 from spanpref.importers.qa_feedback import import_qa_feedback
 from spanpref.repo import DatasetRepo
@@ -209,3 +210,18 @@ def test_an_unknown_license_is_said_not_invented(base_folder, tmp_path):
         license="apache-2.0",
     )
     assert _card(out).license == "apache-2.0"
+
+
+def test_dataset_card_says_which_annotations_are_by_model_annotators(tmp_path):
+    from spanpref.importers.qa_feedback import import_qa_feedback
+    from spanpref.repo import DatasetRepo
+
+    folder = tmp_path / "r"
+    import_qa_feedback("bundled", folder, limit=3)
+    repo = DatasetRepo(folder)
+    assert "model annotators" not in (folder / "README.md").read_text()
+    people = repo.read(schema.ANNOTATIONS)
+    ai = [{**a, "annotation_id": f"ai-{a['annotation_id']}", "annotator": "ai:llm"} for a in people]
+    repo.write({schema.ANNOTATIONS: people + ai})
+    repo.refresh_card()
+    assert "model annotators (ai:llm)" in (folder / "README.md").read_text()

@@ -90,6 +90,12 @@ def _caveats(repo: Any, names: list[str], stats: Any) -> list[str]:
             out.append("The annotations have no dislike spans: no improvement chains can be built from them.")
         if stats.annotators == 1:
             out.append("All annotations carry one annotator id, so annotator agreement cannot be measured.")
+        ai = sorted({a["annotator"] for a in repo.read(schema.ANNOTATIONS) if a["annotator"].startswith("ai:")})
+        if ai:
+            out.append(
+                f"Some annotations are by model annotators ({', '.join(ai)}), not people; the statistics above "
+                "count them with the human ones (`spanpref feedback agreement` compares the two)."
+            )
     if schema.RESPONSES in names:
         unknown = sum(r["temperature"] is None for r in repo.read(schema.RESPONSES))
         if unknown:

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from spanpref.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -151,9 +149,10 @@ class Demo:
             return f"{out} already trained"
         if not Path(model).exists() and model.startswith(str(self.models)):
             return f"skipped: its starting model {model} was not trained"
+        from spanpref.configfile import read_yaml
         from spanpref.repo import open_repo
 
-        config = yaml.safe_load((RECIPES / recipe).read_text())["dataset_config"]
+        config = read_yaml(RECIPES / recipe)["dataset_config"]
         if "train" not in open_repo(self.data).splits(config):
             return f"skipped: {config} has no training rows (too few valid chains; use more --examples)"
         overrides = dict(

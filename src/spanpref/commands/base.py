@@ -171,7 +171,7 @@ def build_configs(cmd: Command, ns: argparse.Namespace) -> list[Any]:
             continue
         try:
             out.append(config(**{f.name: getattr(ns, f.name) for f in _cli_fields(config)}))
-        except (TypeError, ValueError) as e:
+        except ValueError as e:  # a config's own check of its values (__post_init__)
             raise UsageError(f"{e}") from e
     return out
 

@@ -102,12 +102,12 @@ def override_flags(pairs: list[str]) -> list[str]:
 def parse_recipe(parser: Any, recipe: str | Path, overrides: dict[str, Any]) -> tuple[Any, ...]:
     """The dataclasses of a TRL-style `parser` from a recipe file with `overrides` (Python values) on top: how
     library code starts a run without building a command line. Unknown keys are errors naming the recipe."""
-    import yaml
+    from spanpref.configfile import read_yaml
 
     path = Path(recipe)
     if not path.is_file():
         raise MissingInputError(f"recipe {path} not found")
-    data = {**(yaml.safe_load(path.read_text(encoding="utf-8")) or {}), **overrides}
+    data = {**(read_yaml(path) or {}), **overrides}
     for key, value in (data.pop("env", None) or {}).items():  # TRL recipes may set environment variables
         os.environ[key] = str(value)
     unknown = parser.set_defaults_with_config(**data)[::2]
