@@ -1,5 +1,5 @@
 """Load on the annotation app: N simulated annotators save spans concurrently for a while, through the same HTTP
-route the page's JavaScript uses (Gradio's component-server route, one call per saved span). Prints save latency
+route the page's JavaScript uses (`POST /spanpref/call/save_span`, one call per saved span). Prints save latency
 percentiles, where the time of a save goes (from the app's Server-Timing header: time in the app, in the handler,
 waiting for the store's write lock, writing, committing; the rest is HTTP and the client), how much CPU the server
 and the load generator used, and checks that every acknowledged save is in the SQLite store and in the exported annotations config
@@ -50,17 +50,12 @@ def utf16(text: str, offset: int) -> int:
 class Page:
     """What one annotator's page does, over HTTP."""
 
-    def __init__(self, url: str, component_id: int):
-        self.url, self.cid = url, component_id
+    def __init__(self, url: str):
+        self.url = url
         self.http = requests.Session()
-        self.session_hash = os.urandom(6).hex()
 
     def call(self, fn: str, *args):
-        r = self.http.post(
-            self.url + "gradio_api/component_server/",
-            timeout=60,
-            json={"data": list(args), "component_id": self.cid, "session_hash": self.session_hash, "fn_name": fn},
-        )
+        r = self.http.post(self.url + "spanpref/call/" + fn, timeout=60, json=list(args))
         r.raise_for_status()
         out = r.json()
         if not out.get("ok"):
@@ -79,9 +74,9 @@ def server_timing(header: str) -> dict[str, float]:
     return out
 
 
-def annotator(k: int, url: str, cid: int, stop_at: float, seed: int, out: dict) -> None:
+def annotator(k: int, url: str, stop_at: float, seed: int, out: dict) -> None:
     rng = random.Random(seed * 1000 + k)
-    page = Page(url, cid)
+    page = Page(url)
     latencies, phases, acked, errors = [], [], [], []
     try:
         token = page.call("login", f"annotator{k:02d}", f"password-{k}")["token"]
@@ -187,13 +182,12 @@ def main() -> None:
             deadline = time.time() + 120
             while True:
                 try:
-                    cfg = requests.get(url + "config", timeout=5).json()
+                    requests.get(url + "config", timeout=5).raise_for_status()
                     break
                 except requests.RequestException:
                     if time.time() > deadline or server.poll() is not None:
                         raise SystemExit("the app did not start") from None
                     time.sleep(0.5)
-            (cid,) = [c["id"] for c in cfg["components"] if c.get("props", {}).get("server_fns")]
             results: dict[int, dict] = {}
             stop_at = time.time() + args.seconds
             spy = None
@@ -218,7 +212,7 @@ def main() -> None:
                 )
             cpu0 = (cpu_seconds(server.pid), time.process_time())
             threads = [
-                threading.Thread(target=annotator, args=(k, url, cid, stop_at, args.seed, results))
+                threading.Thread(target=annotator, args=(k, url, stop_at, args.seed, results))
                 for k in range(args.annotators)
             ]
             t0 = time.time()

@@ -406,15 +406,9 @@ def test_page_route_enforces_the_session(service):
 
     demo = build_app(service.config, service).blocks
     with served(demo, free_port()) as url:
-        cfg = requests.get(url + "config", timeout=10).json()
-        (cid,) = [c["id"] for c in cfg["components"] if c.get("props", {}).get("server_fns")]
 
         def call(fn, *args):
-            r = requests.post(
-                url + "gradio_api/component_server/",
-                timeout=30,
-                json={"data": list(args), "component_id": cid, "session_hash": "t", "fn_name": fn},
-            )
+            r = requests.post(url + "spanpref/call/" + fn, timeout=30, json=list(args))
             r.raise_for_status()
             return r.json()
 
@@ -443,6 +437,15 @@ def test_page_route_enforces_the_session(service):
         rows = service.store.read("SELECT span_id, start FROM spans WHERE annotator = 'carol' ORDER BY start")
         assert [r["start"] for r in rows] == [0, 1, 2, 3, 4] and sorted(r["span_id"] for r in rows) == [1, 2, 3, 4, 5]
         assert json.dumps(call("save_span", tok, "x", "y", {}))  # a bad call answers with an error, not a crash
+
+        route = url + "spanpref/call/"
+        assert requests.post(route + "get_items", json=[tok], timeout=10).status_code == 404
+        assert requests.get(route + "get_item", timeout=10).status_code == 405
+        assert requests.post(route + "get_item", data=b"[tok", timeout=10).status_code == 400
+        assert requests.post(route + "get_item", data=b"[" + b" " * (1 << 20) + b"]", timeout=10).status_code == 413
+        not_a_list = requests.post(route + "get_item", json={"token": tok}, timeout=10).json()
+        assert not_a_list == {"ok": False, "error": "bad call: arguments must come as a list"}
+        assert requests.get(url + "config", timeout=10).ok  # every other path is still Gradio's
 
 
 def test_space_app_uses_oauth_names(tmp_path, monkeypatch):

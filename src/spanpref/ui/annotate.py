@@ -11,7 +11,8 @@ How it is put together:
   configs after changes, in a process of its own so that the server's event loop keeps the GIL.
 - This module builds the page: one `gr.HTML` whose JavaScript draws the item from JSON with DOM text nodes (never
   `innerHTML` with data, so responses, documents and notes cannot inject markup) and calls the service's methods
-  through Gradio's component-server route, each call carrying the session token issued at login.
+  at `POST <root>/spanpref/call/<name>` (`spanpref.ui.common.PageCalls`), each call carrying the session token
+  issued at login.
 - `spanpref.ui.suggestions` offers the spans of the repo's AI annotators (`ai:*`) as suggestions the annotator
   accepts, edits or rejects, and exports where each accepted span came from.
 - `spanpref.ui.hub_sync.HubSync` optionally pushes the repo folder to a Hub dataset.
@@ -115,11 +116,10 @@ def build_app(config: AnnotateConfig, service: AnnotationService | None = None) 
             html_template='<div class="sp-root" data-oauth="${oauth}"></div>',
             css_template=_asset("annotate.css"),
             js_on_load=_asset("annotate.js"),
-            server_functions=api,
             elem_id="spanpref-annotate",
             oauth="1" if service.oauth else "0",
         )
-    return App(lock_down(blocks), service)
+    return App(lock_down(blocks, calls={f.__name__: f for f in api}), service)
 
 
 def serve(config: AnnotateConfig, *, block: bool = True) -> App:

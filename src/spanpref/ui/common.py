@@ -13,8 +13,8 @@
   session token; the server maps the token to the user for every call, so a user is never taken from
   what the page claims. Every call also re-checks the session against the server's current rules: it
   expires after `session_hours`, and a restart with another access code or allow-list voids it.
-- `server_function`: wraps a Python function for `gr.HTML(server_functions=[...])`, turning `UserError`
-  into `{"ok": False, "error": ...}` for the page.
+- `server_function` and `PageCalls`: a Python function as one of the page's calls (`POST <root>/spanpref/call/
+  <name>`, the arguments as a JSON list), with `UserError` turned into `{"ok": False, "error": ...}` for the page.
 - `lock_down`: an app's `launch()` always refuses file uploads (the apps take none) and never shows raw
   exception text in the page.
 - `launch_local`: serve a `gr.Blocks` on 127.0.0.1 the way the tests and the CLI need it.
@@ -31,6 +31,7 @@ import contextvars
 import hashlib
 import hmac
 import html
+import json
 import logging
 import os
 import re
@@ -436,22 +437,19 @@ def client_address(request: Any) -> str | None:
 def server_function(
     fn: Callable[[list[Any], Any], dict[str, Any]], name: str | None = None, *, blocking: bool = False
 ) -> Callable:
-    """Wrap `fn(args, request)` for `gr.HTML(server_functions=[...])`.
+    """Wrap `fn(args, request)` as one of the page's calls (served by `PageCalls`).
 
-    Gradio 6.31 sends the arguments of a page call `server.f(a, b, c)` to Python as ONE list, but a lone
-    argument as itself (`server.f(a)` gives `a`, not `[a]`). Pages should therefore always call
-    `server.f([a, b, c])`: one argument, the list, which Python receives as `args`. The request is injected
-    into a parameter annotated `gr.Request` (a plain `fastapi.Request` on this route). The wrapper returns `{"ok": True, **result}`, or
-    `{"ok": False, "error": message}` for a `UserError` (a bug is logged and reported without details).
+    The page posts the arguments as a JSON list, which `fn` receives as `args`, with the Starlette request (its
+    session, headers and client address). The wrapper returns `{"ok": True, **result}`, or `{"ok": False, "error":
+    message}` for a `UserError` (a bug is logged and reported without details).
 
-    The wrapper is a coroutine, so Gradio runs `fn` on the server's event loop instead of handing it to one of its
-    40 worker threads. For a handler that is a few SQLite statements and a commit, that is the fast way: in worker
-    threads, every call waits for the store's write lock, and the thread holding it waits again for the GIL after
-    each SQLite call while the others run (at 50 annotators most of a save went there). Slow work (a password
-    hash) passes `blocking=True` and runs in a worker thread.
+    The wrapper is a coroutine run on the server's event loop, not in a worker thread. For a handler that is a few
+    SQLite statements and a commit, that is the fast way: in worker threads, every call waits for the store's write
+    lock, and the thread holding it waits again for the GIL after each SQLite call while the others run (at 50
+    annotators most of a save went there). Slow work (a password hash) passes `blocking=True` and runs in a worker
+    thread.
     """
     import anyio
-    import gradio as gr
 
     def call(args: Any, request: Any) -> dict[str, Any]:
         with timed("handler"):
@@ -473,8 +471,63 @@ def server_function(
     wrapper.__name__ = name or fn.__name__
     wrapper.__qualname__ = wrapper.__name__
     wrapper.__doc__ = fn.__doc__
-    wrapper.__annotations__ = {"request": gr.Request}
     return wrapper
+
+
+CALLS_PATH = "/spanpref/call/"  # + the call's name, under the app's root
+MAX_CALL_BYTES = 1 << 20
+
+
+class PageCalls:
+    """ASGI middleware that answers the page's calls: `POST <root>/spanpref/call/<name>` with the arguments as a JSON
+    list, answered with the `server_function`'s JSON dict.
+
+    A save is a few SQLite statements (~0.4 ms); through Gradio's component-server route it also paid for FastAPI's
+    dependency and body models, Gradio's argument and context wrapping and the response encoder, more than twice
+    the handler (at 50 annotators on 2 cores the event loop was saturated by that). Here a call is parsed, run and
+    answered directly; the middlewares outside it (Gradio's CORS check, OAuth sessions, `ServerTiming`) still see
+    it, and everything else goes on to Gradio."""
+
+    def __init__(self, app: Any, functions: Mapping[str, Callable]):
+        self.app, self.functions = app, dict(functions)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        head, sep, name = path.rpartition(CALLS_PATH)
+        if not sep or "/" in name:
+            await self.app(scope, receive, send)
+            return
+        from starlette.requests import Request
+
+        fn = self.functions.get(name)
+        if scope["method"] != "POST" or fn is None:
+            status, body = (405, "POST only") if fn is not None else (404, f"no call {name!r}")
+            await _send_json(send, status, {"ok": False, "error": body})
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > MAX_CALL_BYTES:
+                await _send_json(send, 413, {"ok": False, "error": f"a call is at most {MAX_CALL_BYTES} bytes"})
+                return
+        try:
+            args = json.loads(b"".join(chunks) or b"null")
+        except ValueError:
+            await _send_json(send, 400, {"ok": False, "error": "bad call: the body is not JSON"})
+            return
+        await _send_json(send, 200, await fn(args, Request(scope)))
+
+
+async def _send_json(send: Callable, status: int, payload: Any) -> None:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # the phases of the request being served, when `ServerTiming` measures it (None: nobody is measuring)
@@ -545,8 +598,9 @@ class RefuseUploads:
         await self.app(scope, receive, send)
 
 
-def lock_down(demo: Any) -> Any:
-    """Make every `demo.launch(...)` refuse file uploads and keep exception text out of the page.
+def lock_down(demo: Any, calls: Mapping[str, Callable] | None = None) -> Any:
+    """Make every `demo.launch(...)` refuse file uploads, keep exception text out of the page and serve the page's
+    `calls` (`PageCalls`).
 
     Done on the app itself rather than in one launcher, because a Space's app.py (or `gradio app.py`) calls
     `demo.launch()` directly: whoever launches the app gets these settings. `max_file_size=0` is a second fence
@@ -557,7 +611,8 @@ def lock_down(demo: Any) -> Any:
 
     def locked_launch(*args: Any, **kwargs: Any) -> Any:
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
-        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(RefuseUploads)]
+        mine = [Middleware(RefuseUploads)] + ([Middleware(PageCalls, functions=calls)] if calls else [])
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), *mine]
         # raw exception text can name files and folders of the server; user-facing errors are returned as values
         kwargs.setdefault("show_error", False)
         kwargs["max_file_size"] = 0  # whatever the caller asked for: there is no file input to fill

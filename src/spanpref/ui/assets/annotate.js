@@ -1,5 +1,5 @@
-// The annotation page. Runs as js_on_load of a gr.HTML: `element` is the component, `server` holds the Python
-// functions of AnnotationService. Data text is only ever put into the page as DOM text (textContent /
+// The annotation page. Runs as js_on_load of a gr.HTML: `element` is the component; `call` posts to the
+// AnnotationService calls the app serves (spanpref.ui.common.PageCalls). Data text is only ever put into the page as DOM text (textContent /
 // text nodes), never parsed as HTML, so responses, documents and notes cannot inject markup or script.
 // Offsets sent to the server are UTF-16 code units (JavaScript string indices); the server converts them.
 (() => {
@@ -31,11 +31,19 @@
     return el;
   }
 
+  // The server's calls live under the app's root (a Space, or a local port), whatever page path shows it.
+  const callRoot = ((window.gradio_config && window.gradio_config.root) || location.origin).replace(/\/?$/, "/");
+
   async function call(name, ...args) {
     let r;
     try {
-      // one argument, the list: Gradio passes a lone argument through as itself, so Python always gets the list
-      r = await server[name](args);
+      const res = await fetch(callRoot + "spanpref/call/" + name, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(args),
+        credentials: "same-origin",
+      });
+      r = await res.json();
     } catch (e) {
       throw new Error("could not reach the server (" + (e && e.message ? e.message : e) + "); nothing was saved");
     }
