@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from spanpref import schema
@@ -110,7 +112,7 @@ def test_elo_command_errors_are_clear(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_generate_on_the_test_split_through_a_server_and_resume(tmp_path, llama_server, capsys):
+def test_generate_on_the_test_split_through_a_server_and_resume(tmp_path, llama_server, capsys, caplog):
     folder = tmp_path / "r"
     import_qa_feedback("bundled", folder, limit=20)
     assert main(["pairs", str(folder), "--constructions", "ab", "--seed", "0"]) == 0
@@ -134,7 +136,10 @@ def test_generate_on_the_test_split_through_a_server_and_resume(tmp_path, llama_
         "--seed",
         "7",
     ]
-    assert main(args) == 0
+    with caplog.at_level(logging.INFO, logger="spanpref.generate"):
+        assert main(args) == 0
+    # each model's work is journaled under its own name, so that a killed run resumes model by model
+    assert "eval_outputs_smol: attempt 1" in caplog.text and "eval_outputs_smol-again: attempt 1" in caplog.text
     rows = repo.read(schema.EVAL_OUTPUTS)
     assert sorted((r["model"], r["query_id"]) for r in rows) == sorted(
         (m, q) for m in ("smol", "smol-again") for q in test_queries

@@ -152,7 +152,7 @@ def generate_eval_outputs(
 
         report, _ = run_stage(
             repo,
-            f"eval_outputs_{slug}",
+            f"eval_outputs_{name_slug}",
             schema.EVAL_OUTPUTS,
             items,
             backend,
