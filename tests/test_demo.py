@@ -30,6 +30,8 @@ def test_reduced_demo_end_to_end_then_resume(tmp_path, capsys):
         "12",
         "--train-steps",
         "2",
+        "--sft-train-steps",
+        "2",
         "--eval-prompts",
         "3",
         "--eval-max-new-tokens",
@@ -47,7 +49,12 @@ def test_reduced_demo_end_to_end_then_resume(tmp_path, capsys):
 
     data = run / "data"
     chains = datasets.load_dataset(str(data), "chains", split="train")
-    assert len(chains) > 0 and {c["rewriter"] for c in chains} == {"local"}
+    assert len(chains) > 0 and {c["rewriter"] for c in chains} == {"human", "local"}
+    # the model rewriter runs on a few annotations beside the human chains; training uses the human ones
+    rewriter_of = {c["chain_id"]: c["rewriter"] for c in chains}
+    assert sum(r == "local" for r in rewriter_of.values()) <= 6
+    stepwise = datasets.load_dataset(str(data), schema.PAIRS_STEPWISE, split="train")
+    assert len(stepwise) > 0 and {rewriter_of[p["chain_id"]] for p in stepwise} == {"human"}
     outputs = datasets.load_dataset(str(data), "eval_outputs", split="train")
     models = {o["model"] for o in outputs}
     assert "base" in models and len(models) >= 2, state["notes"]
@@ -67,6 +74,9 @@ def test_reduced_demo_end_to_end_then_resume(tmp_path, capsys):
         card = run / "models" / name / "README.md"
         if card.exists():
             assert "## How it was made" in card.read_text()
+    results = json.loads((run / "models" / "apo-down" / "spanpref_results.json").read_text())
+    assert results["steps"] == 2 and 2 <= results["train_examples_seen"] <= results["train_examples"]
+    assert f"2 steps trained on {results['train_examples_seen']} of the" in state["notes"]["apo_down"]
     out = capsys.readouterr().out
     assert "Where things are:" in out and "spanpref push" in out
 

@@ -310,6 +310,27 @@ def _lengths(folder: Path, model: str) -> tuple[int, list[int]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["grouped", "pairwise"])
+def test_one_epoch_counts_every_training_pair_once(pairs_folder, tmp_path, mode):
+    """A step is a prompt group of any size in grouped mode, so the results and the card say how many pairs the
+    steps held: one epoch holds every pair once. Logging every 3rd step leaves pairs after the last log, which
+    count too."""
+    from spanpref.training.run import parse_args, train
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes/tiny/dpo/config_stepwise_sigmoid.yaml"
+    argv = ["--config", str(recipe), "--dataset_name", str(pairs_folder), "--output_dir", str(tmp_path / mode)]
+    argv += ["--training_mode", mode, "--max_steps", "-1", "--num_train_epochs", "1", "--logging_steps", "3"]
+    argv += ["--per_device_train_batch_size", "1", "--max_length", "4096"]
+    results = train("dpo", *parse_args("dpo", argv))
+    n = len(datasets.load_dataset(str(pairs_folder), "pairs_stepwise", split="train"))
+    assert results["train_examples"] == n and results["train_examples_seen"] == n
+    steps = results["grouping"]["train"]["groups"] if mode == "grouped" else n
+    assert results["steps"] == steps and (mode == "pairwise" or steps < n)
+    card = (tmp_path / mode / "README.md").read_text()
+    assert f"| trained on | {steps} optimizer steps holding {n} preference pairs (repeats counted) |" in card
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["grouped", "pairwise"])
 def test_pairs_that_do_not_fit_are_counted_in_results_card_and_log(pairs_folder, tmp_path, mode, caplog):
     """A max_length between the shortest and the longest prompt + response: what cannot be trained on untruncated is
     counted (results file, model card, log) in grouped mode; the pairwise path reports what TRL dropped."""

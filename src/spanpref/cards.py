@@ -367,6 +367,8 @@ def render_model_card(
         train_split=script_args.dataset_train_split,
         eval_split=script_args.dataset_test_split,
         train_examples=results.get("train_examples", "?"),
+        seen=results.get("train_examples_seen"),
+        steps=results.get("steps"),
         eval_examples=results.get("eval_examples", 0),
         dataset_revision=dataset_revision,
         loss=loss,

@@ -3,11 +3,13 @@
 Stages (each one is the library function or command a user would run by hand, so the demo is also the tutorial):
 
  1. import     the bundled qa-feedback examples                     -> RUN/data (documents ... comparisons)
- 2. chains     the `local` rewriter on a llama.cpp server           -> chains
- 3. pairs      every pair construction, splits by query             -> pairs_*, sft_full_rewrite
+ 2. chains     the annotators' corrections as chains (`human`), and the `local` rewriter (the bundled model on a
+               llama.cpp server) on a few annotations beside them, to show a model rewriting  -> chains
+ 3. pairs      every pair construction from the human chains, splits by query -> pairs_*, sft_full_rewrite
  4. sft        LoRA SFT on the full rewrites a*                     -> RUN/models/sft
- 5. apo_down   APO-down on the stepwise pairs, from the SFT model   -> RUN/models/apo-down
- 6. dpo_ab     DPO on the A/B pairs, from the base model (baseline) -> RUN/models/dpo-ab
+ 5. apo_down   APO-down on the stepwise pairs, from the SFT model, grouped (a step is every pair of one prompt)
+                                                                    -> RUN/models/apo-down
+ 6. dpo_ab     DPO on the A/B pairs, from the base model (the baseline), grouped -> RUN/models/dpo-ab
  7. generate   every model on the test prompts                      -> eval_outputs
  8. judge      the offline `reference` judge (ROUGE-L to the gold)   -> judgments
  9. elo        Bradley-Terry ratings with bootstrap intervals        -> ratings, RUN/report/{report.md,ratings.png}
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,11 +43,20 @@ class DemoConfig:
     source: str = field(
         default="bundled", metadata={"help": "qa-feedback file or folder, or `bundled` (the 300 bundled examples)"}
     )
-    examples: int = field(default=30, metadata={"help": "qa-feedback examples to use (300 for all)"})
+    examples: int | None = field(
+        default=None, metadata={"help": "qa-feedback examples to use (default: all; the bundled set has 300)"}
+    )
     model: str = field(
         default="default",
         metadata={
             "help": "model to tune and evaluate: an HF id or path; `default` is the bundled SmolLM2-135M-Instruct"
+        },
+    )
+    local_chains: int = field(
+        default=6,
+        metadata={
+            "help": "annotations the `local` model rewriter also makes chains for, beside the human ones (0: none; "
+            "the training pairs come from the human chains either way)"
         },
     )
     chain_base_url: str | None = field(
@@ -56,9 +68,12 @@ class DemoConfig:
     )
     chain_model: str | None = field(default=None, metadata={"help": "model name sent to --chain-base-url"})
     threads: int = field(default=max(1, min(os.cpu_count() or 1, 8)), metadata={"help": "llama.cpp decoding threads"})
-    train_steps: int = field(default=8, metadata={"help": "optimizer steps of each training run"})
+    train_steps: int = field(
+        default=12, metadata={"help": "optimizer steps of each preference run (a step is one prompt's pairs)"}
+    )
+    sft_train_steps: int = field(default=12, metadata={"help": "optimizer steps of SFT (a step is one example)"})
     learning_rate: float | None = field(default=None, metadata={"help": "override the recipes' learning rate"})
-    max_length: int = field(default=1536, metadata={"help": "longest training sequence, in tokens"})
+    max_length: int = field(default=1024, metadata={"help": "longest training sequence, in tokens"})
     training_mode: str = field(
         default="grouped",
         metadata={
@@ -66,11 +81,11 @@ class DemoConfig:
             "group) or pairwise (TRL's layout; a step is one pair)"
         },
     )
-    eval_prompts: int = field(default=8, metadata={"help": "test prompts to evaluate on (at most)"})
-    eval_max_new_tokens: int = field(default=128, metadata={"help": "longest evaluated answer, in tokens"})
+    eval_prompts: int = field(default=24, metadata={"help": "test prompts to evaluate on (at most)"})
+    eval_max_new_tokens: int = field(default=96, metadata={"help": "longest evaluated answer, in tokens"})
     rounds: int = field(default=1000, metadata={"help": "bootstrap rounds of the Elo intervals"})
     max_document_chars: int = field(
-        default=2000,
+        default=1000,
         metadata={
             "help": "documents are cut to this many characters in every prompt (rewriting, training, evaluation)"
         },
@@ -107,21 +122,28 @@ class Demo:
         return import_qa_feedback(self.cfg.source, self.data, limit=self.cfg.examples, overwrite=True).summary()
 
     def stage_chains(self) -> str:
-        from spanpref.backends import build_backend
         from spanpref.chains.build import build_chains
 
+        human = build_chains(str(self.data), "human", None, seed=self.cfg.seed, progress=False).summary()
+        if self.cfg.local_chains <= 0:
+            return human
+        from spanpref.backends import build_backend
+
         def run(base_url: str, model: str | None) -> str:
-            backend = build_backend("openai", base_url=base_url, model=model, max_concurrency=4)
+            # the chains bar is the progress: no inner bar per batch of rewrite requests
+            backend = build_backend("openai", base_url=base_url, model=model, max_concurrency=4, progress=False)
             report = build_chains(
                 str(self.data),
                 "local",
                 backend,
+                limit=self.cfg.local_chains,
                 seed=self.cfg.seed,
                 max_attempts=2,
                 max_document_chars=self.cfg.max_document_chars,
             )
             return report.summary()
 
+        # the report of the local run covers both rewriters (every chain in the config)
         if self.cfg.chain_base_url:
             return run(self.cfg.chain_base_url, self.cfg.chain_model)
         from spanpref.llama_server import LlamaServer
@@ -136,7 +158,7 @@ class Demo:
         cfg = PairConfig(
             splits={"train": 0.7, "validation": 0.1, "test": 0.2},
             seed=self.cfg.seed,
-            rewriter="local",
+            rewriter="human",
             max_document_chars=self.cfg.max_document_chars,
         )
         return build_pairs(str(self.data), cfg).summary()
@@ -149,23 +171,29 @@ class Demo:
             return f"{out} already trained"
         if not Path(model).exists() and model.startswith(str(self.models)):
             return f"skipped: its starting model {model} was not trained"
+        import torch
+
         from spanpref.configfile import read_yaml
         from spanpref.repo import open_repo
 
         config = read_yaml(RECIPES / recipe)["dataset_config"]
+        steps = self.cfg.sft_train_steps if stage == "sft" else self.cfg.train_steps
         if "train" not in open_repo(self.data).splits(config):
             return f"skipped: {config} has no training rows (too few valid chains; use more --examples)"
         overrides = dict(
             dataset_name=str(self.data),
             output_dir=str(out),
             model_name_or_path=model,
-            max_steps=self.cfg.train_steps,
+            max_steps=steps,
             max_length=self.cfg.max_length,
             merge_adapters=True,
             eval_strategy="no",
             save_strategy="steps",
-            save_steps=max(1, self.cfg.train_steps // 2),
-            logging_steps=1,
+            save_steps=max(1, steps // 2),
+            logging_steps=steps,  # one line of training metrics per run: the progress bar shows the rest
+            # a 135M model fits any machine's memory: recomputing activations would only cost time
+            gradient_checkpointing=False,
+            dataloader_pin_memory=torch.cuda.is_available(),
             seed=self.cfg.seed,
             max_eval_samples=8,
             # one sequence (pair) per step: on 2 CPU cores a step of the recipes' 4 takes ~25 s (SFT) to ~50 s (DPO)
@@ -182,11 +210,10 @@ class Demo:
         after = results.get("after") or {}
         acc = after.get("eval_rewards/accuracies")
         metric = f", validation preference accuracy {acc:.2f}" if acc is not None else ""
-        unit = (
-            f" in {results['train_groups']} prompt groups (a step is one group)" if "train_groups" in results else ""
-        )
+        unit = f" in {results['train_groups']} prompt groups" if "train_groups" in results else ""
         return (
-            f"{out}: {results['train_examples']} training examples{unit}, "
+            f"{out}: {results['steps']} steps trained on "
+            f"{results['train_examples_seen']} of the {results['train_examples']} training examples{unit}, "
             f"{results.get('seconds_per_step', 0):.1f} s/step{metric}"
         )
 
@@ -245,6 +272,21 @@ class Demo:
 
     # -- the driver -------------------------------------------------------------------------------
     def run_all(self, on_stage: Callable[[str, str, float], None] | None = None) -> DemoState:
+        import datasets
+
+        # Quiet: one progress bar per stage. The datasets library's bars (TRL's tokenizing passes) and transformers'
+        # notices about its own renamed arguments are not the user's to act on.
+        bars = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
+                return self._run_all(on_stage)
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
+
+    def _run_all(self, on_stage: Callable[[str, str, float], None] | None) -> DemoState:
         self.run.mkdir(parents=True, exist_ok=True)
         (self.run / "demo_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
         state = DemoState.load(self.state_path)

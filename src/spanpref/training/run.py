@@ -12,6 +12,7 @@ Run it as `accelerate launch [--config_file recipes/accelerate_configs/ddp.yaml]
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import sys
@@ -224,6 +225,17 @@ def _count_truncated(dataset, max_length: int | None) -> int:
     )
 
 
+def examples_seen(trainer) -> int:
+    """Training examples (pairs, for preference training) the optimizer steps held, repeats included."""
+    if hasattr(trainer, "pairs_seen"):
+        return trainer.pairs_seen()
+    args = trainer.args
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * trainer.accelerator.num_processes
+    # the last batch of an epoch can be short: never more than the epochs started times the dataset
+    epochs = math.ceil(trainer.state.epoch or 0)
+    return min(trainer.state.global_step * per_step, epochs * len(trainer.train_dataset))
+
+
 def count_training_rows(trainer, train_ds, eval_ds) -> dict[str, Any]:
     """What the trainer will really train and validate on, against what the repo holds: rows TRL dropped (a prompt
     that fills max_length) or that grouping could not fit are counted and logged, never lost in silence."""
@@ -340,6 +352,7 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     results["seconds"] = time.perf_counter() - started - results.get("before", {}).get("eval_runtime", 0.0)
     if trainer.state.global_step:
         results["seconds_per_step"] = results["seconds"] / trainer.state.global_step
+    results["steps"], results["train_examples_seen"] = trainer.state.global_step, examples_seen(trainer)
     if trainer.eval_dataset is not None:
         results["after"] = trainer.evaluate()
     trainer.save_model(training_args.output_dir)

@@ -263,6 +263,7 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
         if training_args is None:
             raise ValueError("grouped training needs its SpanprefDPOConfig passed as args=")
         self.grouping: dict[str, dict[str, int]] = {}
+        self._pairs_since_log = 0
         init = dict(training_args.model_init_kwargs or {})
         if (
             isinstance(kwargs.get("model", args[0] if args else None), str)
@@ -472,9 +473,23 @@ class GroupedDPOTrainer(SpanprefDPOTrainer):
         count = torch.tensor(float(len(logps.chosen)), device=logps.chosen.device)
         sums = torch.stack([v.float().sum() for v in metrics.values()] + [count])
         sums = self.accelerator.reduce(sums, reduction="sum") if self.accelerator.num_processes > 1 else sums
+        if mode == "train":
+            self._pairs_since_log += int(sums[-1].item())
         count = max(sums[-1].item(), 1.0)
         for name, total in zip(metrics, sums[:-1].tolist(), strict=True):
             self._metrics[mode][name].append(total / count)
+
+    def pairs_seen(self) -> int:
+        """Training pairs the steps so far held (every rank's, across a resume)."""
+        logged = max((h.get("pairs_seen", 0) for h in self.state.log_history), default=0)
+        return logged + self._pairs_since_log
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            # A step is a prompt group of any size, so the steps alone do not say how many pairs were trained on.
+            # The running total lives in log_history, which a checkpoint keeps: a resumed run counts on from it.
+            logs["pairs_seen"], self._pairs_since_log = self.pairs_seen(), 0
+        super().log(logs, start_time)
 
 
 def _group_features():
