@@ -73,9 +73,15 @@ def test_tiny_reproduction_end_to_end_then_a_rerun_skips_everything(tmp_path, mo
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
     for key, label in LABELS.items():
         cells = rows[label].strip("| ").split(" | ")
-        assert len(cells) == 1 + len(results["judges"]) + 3, rows[label]
+        assert len(cells) == 1 + len(results["judges"]) + 4, rows[label]
         if key in CONSTRUCTIONS:
-            assert results["methods"][key]["loss"] in cells
+            row = results["methods"][key]
+            assert cells[-4:] == [
+                row["loss"],
+                f"{row['learning_rate']:g}",
+                str(row["train_pairs"]),
+                str(row["pairs_seen"]),
+            ]
     assert (run.report / "ratings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ratings = run.data / "data" / schema.RATINGS
     assert ratings.is_dir()
@@ -99,12 +105,17 @@ def test_tiny_reproduction_end_to_end_then_a_rerun_skips_everything(tmp_path, mo
                 assert start == (base if construction == "ab" else sft_dir), (construction, start)
         row = results["methods"][construction]
         assert (row["loss"], row["learning_rate"]) == _best_by_hand(found), construction
-        assert row["train_pairs"] > 0 and Path(row["model"]).name == f"{row['loss']}-lr{row['learning_rate']:g}"
+        assert (
+            0 < row["pairs_seen"] <= row["train_pairs"]
+            and Path(row["model"]).name == f"{row['loss']}-lr{row['learning_rate']:g}"
+        )
         # only the chosen run of a construction keeps its weights
         for loss, lr, _ in found:
             out = run.models / construction / f"{loss}-lr{lr:g}"
             assert (out / "model.safetensors").is_file() == (str(out) == row["model"]), out
     assert results["methods"]["sft"]["train_pairs"] > 0 and results["methods"]["base"]["train_pairs"] is None
+    sft_seen = json.loads((run.models / "sft" / RESULTS_FILE).read_text())["train_examples_seen"]
+    assert results["methods"]["sft"]["pairs_seen"] == sft_seen > 0
 
     # a rerun finds every stage done: no training, no change to the state
     from spanpref.training import run as training_run

@@ -667,9 +667,11 @@ class Reproduction:
         png = plot_ratings(EvalReport(ratings=relabelled, human_judges=[]), self.report / "ratings.png")
         return f"table {md}, results {self.report / 'table2.json'}, plot {png}"
 
-    def _sft_examples(self) -> int | None:
+    def _sft_examples(self) -> tuple[int | None, int | None]:
+        """a*-SFT's training examples and the examples its steps held."""
         path = self.sft_dir / RESULTS_FILE
-        return json.loads(path.read_text()).get("train_examples") if path.is_file() else None
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        return results.get("train_examples"), results.get("train_examples_seen")
 
     # -- the driver -------------------------------------------------------------------------------
     def run_all(self, on_stage: Callable[[str, str, float], None] | None = None) -> ReproduceState:
@@ -734,6 +736,7 @@ def select_runs(runs: list[TrainingRun]) -> dict[str, Any]:
                 {
                     **asdict(run),
                     "train_pairs": results.get("train_examples"),
+                    "pairs_seen": results.get("train_examples_seen"),
                     "metrics": {k: metrics[k] for k in (SELECTION_METRIC, TIE_BREAK) if k in metrics},
                 }
             )
@@ -748,12 +751,12 @@ def build_results(
     methods: list[str],
     ratings: dict[str, list[Any]],
     selection: dict[str, Any],
-    sft_examples: int | None,
+    sft_examples: tuple[int | None, int | None],
     cfg: ReproduceConfig,
 ) -> dict[str, Any]:
     """The JSON behind Table 2: per method its label, per judge its rating and the bootstrap interval of its
     difference from the judge's best model (`ci_low`, `ci_high`; both 0 for the best), the selected loss and rate,
-    and the number of training pairs (a* examples for a*-SFT)."""
+    the number of training pairs (a* examples for a*-SFT) and how many of them the chosen run's steps held."""
     by = {j: {r.model: r for r in rs} for j, rs in ratings.items()}
     out: dict[str, Any] = {"judges": list(ratings), "rounds": cfg.rounds, "prior": cfg.prior, "methods": {}}
     for m in methods:
@@ -771,12 +774,14 @@ def build_results(
                 loss=chosen["loss"],
                 learning_rate=chosen["learning_rate"],
                 train_pairs=chosen["train_pairs"],
+                pairs_seen=chosen.get("pairs_seen"),
                 start=chosen["start"],
                 model=chosen["output_dir"],
                 validation=chosen["metrics"],
             )
         else:
-            row.update(loss=None, learning_rate=None, train_pairs=sft_examples if m == "sft" else None)
+            sft = sft_examples if m == "sft" else (None, None)
+            row.update(loss=None, learning_rate=None, train_pairs=sft[0], pairs_seen=sft[1])
         out["methods"][m] = row
     return out
 
@@ -785,14 +790,15 @@ def render_table2(results: dict[str, Any]) -> str:
     """Markdown in Table 2's layout: one row per method (the paper's order), one Elo column per judge, the rating
     with the 95% bootstrap interval of its difference from that column's best model, then the selection."""
     judges = results["judges"]
-    head = ["Method", *[f"Elo ({j})" for j in judges], "Loss", "Learning rate", "Training pairs"]
+    head = ["Method", *[f"Elo ({j})" for j in judges], "Loss", "Learning rate", "Training pairs", "Trained on"]
     lines = [
         "# Table 2: Elo of the methods",
         "",
         "Bradley-Terry (Elo) ratings, mean 1500; in brackets the bootstrap 95% interval of each model's difference "
         f"from the best model in that column ({results['rounds']} resamples of the test prompts). Preference runs "
         "start from a*SFT except (a, b); the loss and learning rate were chosen on validation preference accuracy. "
-        "Training pairs: the pairs the chosen run trained on (for a*SFT, its a* examples).",
+        "Training pairs: the pairs of the construction's training split (for a*SFT, its a* examples); trained on: "
+        "the pairs (examples) the chosen run's optimizer steps held, repeats counted.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -806,5 +812,6 @@ def render_table2(results: dict[str, Any]) -> str:
         cells.append(row["loss"] or "–")
         cells.append(f"{row['learning_rate']:g}" if row["learning_rate"] is not None else "–")
         cells.append(str(row["train_pairs"]) if row["train_pairs"] is not None else "–")
+        cells.append(str(row["pairs_seen"]) if row.get("pairs_seen") is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
