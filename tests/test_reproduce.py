@@ -83,6 +83,11 @@ def test_tiny_reproduction_end_to_end_then_a_rerun_skips_everything(tmp_path, mo
                 str(row["pairs_seen"]),
             ]
     assert (run.report / "ratings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    facts = results["run"]
+    assert facts["settings"]["output"] == cfg.output and facts["versions"]["torch"]
+    assert set(facts["stage_seconds"]) == set(STAGES) - {"elo"} and len(facts["run_seconds"]) == len(run.plan())
+    assert facts["total_seconds"] == pytest.approx(sum(state.done[s] for s in STAGES if s != "elo"))
+    assert "## How it was run" in table and f"{facts['total_seconds'] / 3600:.2f} h" in table
     ratings = run.data / "data" / schema.RATINGS
     assert ratings.is_dir()
 

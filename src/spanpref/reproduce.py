@@ -660,12 +660,35 @@ class Reproduction:
             ratings[judge] = [r for r in table.ratings if r.model in self.methods()]
         selection = self.selection()
         results = build_results(self.methods(), ratings, selection, self._sft_examples(), self.cfg)
+        results["run"] = self.run_facts()
         self.report.mkdir(parents=True, exist_ok=True)
         write_json(self.report / "table2.json", results)
         md = atomic_write_text(self.report / "table2.md", render_table2(results))
         relabelled = {j: [replace(r, model=LABELS[r.model]) for r in rs] for j, rs in ratings.items()}
         png = plot_ratings(EvalReport(ratings=relabelled, human_judges=[]), self.report / "ratings.png")
         return f"table {md}, results {self.report / 'table2.json'}, plot {png}"
+
+    def run_facts(self) -> dict[str, Any]:
+        """What a reader of the table needs to rerun it: the settings, the library versions, the machine and the
+        time each stage took (the stages done so far; preference runs one by one)."""
+        import os
+        import platform
+        from importlib.metadata import PackageNotFoundError, version
+
+        versions = {}
+        for package in ("spanpref", "torch", "transformers", "trl", "peft", "datasets", "accelerate"):
+            try:
+                versions[package] = version(package)
+            except PackageNotFoundError:
+                versions[package] = None
+        return {
+            "settings": asdict(self.cfg),
+            "versions": versions,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+            "stage_seconds": dict(self.state.done),
+            "run_seconds": dict(self.state.runs),
+            "total_seconds": sum(self.state.done.values()),
+        }
 
     def _sft_examples(self) -> tuple[int | None, int | None]:
         """a*-SFT's training examples and the examples its steps held."""
@@ -814,4 +837,22 @@ def render_table2(results: dict[str, Any]) -> str:
         cells.append(str(row["train_pairs"]) if row["train_pairs"] is not None else "–")
         cells.append(str(row["pairs_seen"]) if row.get("pairs_seen") is not None else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    facts = results.get("run")
+    if facts:
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in facts["stage_seconds"].items())
+        versions = ", ".join(f"{k} {v}" for k, v in facts["versions"].items() if v)
+        machine = facts["machine"]
+        lines += [
+            "",
+            "## How it was run",
+            "",
+            f"- wall time before this table: {facts['total_seconds'] / 3600:.2f} h ({stages})",
+            f"- machine: {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}",
+            f"- versions: {versions}",
+            "- settings (`reproduce_config.json` in the run folder):",
+            "",
+            "```json",
+            json.dumps(facts["settings"], indent=2),
+            "```",
+        ]
     return "\n".join(lines) + "\n"
