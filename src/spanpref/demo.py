@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -272,19 +271,10 @@ class Demo:
 
     # -- the driver -------------------------------------------------------------------------------
     def run_all(self, on_stage: Callable[[str, str, float], None] | None = None) -> DemoState:
-        import datasets
+        from spanpref.training.run import quiet_training
 
-        # Quiet: one progress bar per stage. The datasets library's bars (TRL's tokenizing passes) and transformers'
-        # notices about its own renamed arguments are not the user's to act on.
-        bars = datasets.utils.logging.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
-                return self._run_all(on_stage)
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
+        with quiet_training():
+            return self._run_all(on_stage)
 
     def _run_all(self, on_stage: Callable[[str, str, float], None] | None) -> DemoState:
         self.run.mkdir(parents=True, exist_ok=True)

@@ -475,6 +475,8 @@ class Reproduction:
         return f"{out}: trained on {len(queries)} queries (test split left out)\n{format_results(results)}"
 
     def _common_overrides(self) -> dict[str, Any]:
+        import torch
+
         cfg = self.cfg
         out: dict[str, Any] = {
             "dataset_name": str(self.data),
@@ -483,6 +485,8 @@ class Reproduction:
             "eval_strategy": "no",
             "report_to": "none",
             "disable_tqdm": True,
+            # pinning host memory only helps a copy to a GPU; without one, torch warns on every run
+            "dataloader_pin_memory": torch.cuda.is_available(),
         }
         if cfg.train_steps is not None:
             out["max_steps"] = cfg.train_steps
@@ -698,6 +702,12 @@ class Reproduction:
 
     # -- the driver -------------------------------------------------------------------------------
     def run_all(self, on_stage: Callable[[str, str, float], None] | None = None) -> ReproduceState:
+        from spanpref.training.run import quiet_training
+
+        with quiet_training():
+            return self._run_all(on_stage)
+
+    def _run_all(self, on_stage: Callable[[str, str, float], None] | None) -> ReproduceState:
         self.run.mkdir(parents=True, exist_ok=True)
         self.plan()  # every recipe exists before hours of work start
         config_path = self.run / "reproduce_config.json"

@@ -17,6 +17,9 @@ import os
 import shlex
 import sys
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,24 @@ class ScriptArguments:
 # what the bundled default model is, for model cards (it is converted from this model's GGUF)
 DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_CONFIG = {"sft": "sft_full_rewrite", "dpo": "pairs_stepwise"}
+
+
+@contextmanager
+def quiet_training() -> Iterator[None]:
+    """In-process training runs (the demo, the reproduction) show one progress bar per stage: the datasets
+    library's bars (TRL's tokenizing passes) and transformers' notices about its own renamed arguments are not
+    the user's to act on."""
+    import datasets
+
+    bars = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r".*gradient_checkpointing.* is deprecated", FutureWarning)
+            yield
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def stage_classes(stage: str) -> tuple[type, type]:
