@@ -170,7 +170,6 @@ class Demo:
             return f"{out} already trained"
         if not Path(model).exists() and model.startswith(str(self.models)):
             return f"skipped: its starting model {model} was not trained"
-        import torch
 
         from spanpref.configfile import read_yaml
         from spanpref.repo import open_repo
@@ -192,7 +191,6 @@ class Demo:
             logging_steps=steps,  # one line of training metrics per run: the progress bar shows the rest
             # a 135M model fits any machine's memory: recomputing activations would only cost time
             gradient_checkpointing=False,
-            dataloader_pin_memory=torch.cuda.is_available(),
             seed=self.cfg.seed,
             max_eval_samples=8,
             # one sequence (pair) per step: on 2 CPU cores a step of the recipes' 4 takes ~25 s (SFT) to ~50 s (DPO)

@@ -475,8 +475,6 @@ class Reproduction:
         return f"{out}: trained on {len(queries)} queries (test split left out)\n{format_results(results)}"
 
     def _common_overrides(self) -> dict[str, Any]:
-        import torch
-
         cfg = self.cfg
         out: dict[str, Any] = {
             "dataset_name": str(self.data),
@@ -485,8 +483,6 @@ class Reproduction:
             "eval_strategy": "no",
             "report_to": "none",
             "disable_tqdm": True,
-            # pinning host memory only helps a copy to a GPU; without one, torch warns on every run
-            "dataloader_pin_memory": torch.cuda.is_available(),
         }
         if cfg.train_steps is not None:
             out["max_steps"] = cfg.train_steps

@@ -305,6 +305,7 @@ def count_training_rows(trainer, train_ds, eval_ds) -> dict[str, Any]:
 
 def train(stage: str, script_args: ScriptArguments, training_args, model_args) -> dict[str, Any]:
     """Train one stage; returns (and writes to `spanpref_results.json`) the metrics before and after."""
+    import torch
     from trl import get_peft_config
 
     from spanpref.models import DEFAULT_MODEL_ALIASES, resolve_model
@@ -320,6 +321,8 @@ def train(stage: str, script_args: ScriptArguments, training_args, model_args) -
     base_model = DEFAULT_BASE_MODEL if requested in DEFAULT_MODEL_ALIASES else requested
     model_args.model_name_or_path = resolve_model(requested)
     push, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, with our card, at the end
+    if training_args.dataloader_pin_memory and not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False  # it only speeds copies to a GPU; without one torch warns per run
     training_args.model_init_kwargs = {
         **(training_args.model_init_kwargs or {}),
         **({"dtype": model_args.dtype} if model_args.dtype else {}),
